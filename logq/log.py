@@ -1,0 +1,512 @@
+"""The embedded log: a data directory of topics and consumer groups, behind one async API.
+
+Layout of a data directory:
+
+    .lock                      owner of the directory (see segments.DataDirLock)
+    topics/<topic>/topic.json  settings of a topic
+    topics/<topic>/<n>/        partition n: segments and indexes
+    groups/<group>/            journal and snapshot of a consumer group
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import defaultdict
+from collections.abc import AsyncIterator, Generator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from logq._types import Headers, Key, Value
+from logq.consumer import Consumer, StartPosition
+from logq.consumers import Group
+from logq.errors import (
+    ClosedError,
+    InvalidArgumentError,
+    MessageTooLargeError,
+    TopicExistsError,
+    UnknownGroupError,
+    UnknownTopicError,
+)
+from logq.message import Message, encode_value
+from logq.names import validate_name
+from logq.replay import first_offset_at, replay_topic, timestamp_to_ms
+from logq.segments import DataDirLock, PartitionLog, RecordInput
+from logq.topics import Topic, TopicConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_PRIORITY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """Offsets and size of one partition."""
+
+    partition: int
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+    size_bytes: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """A topic's settings and the state of its partitions."""
+
+    name: str
+    config: TopicConfig
+    partitions: list[PartitionInfo]
+
+    @property
+    def messages(self) -> int:
+        """Messages stored in all partitions (below the high watermarks)."""
+        return sum(p.high_watermark - p.log_start_offset for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartitionInfo:
+    """A group's position in one partition. `lag` is high watermark minus committed offset."""
+
+    topic: str
+    partition: int
+    committed_offset: int
+    high_watermark: int
+    lag: int
+    in_flight: int
+
+
+class Log:
+    """An open data directory. Create it with `logq.open`.
+
+    One process owns a data directory at a time; a second `open` of the same
+    directory raises DataDirLockedError. All coroutines run on the event loop
+    that opened the log.
+    """
+
+    def __init__(self, path: str | Path, *, auto_create_topics: bool = True, group_fsync: str = "interval") -> None:
+        self.path = Path(path)
+        self.auto_create_topics = auto_create_topics
+        self.group_fsync = group_fsync
+        self._lock = DataDirLock(self.path)
+        self._topics: dict[str, Topic] = {}
+        self._groups: dict[str, Group] = {}
+        self._consumers: set[Consumer] = set()
+        self.closed = True
+
+    @property
+    def _topics_dir(self) -> Path:
+        return self.path / "topics"
+
+    @property
+    def _groups_dir(self) -> Path:
+        return self.path / "groups"
+
+    async def _open(self) -> Log:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot create data directory {self.path}: {exc}") from exc
+        self._lock.acquire()
+        try:
+            self._topics_dir.mkdir(exist_ok=True)
+            self._groups_dir.mkdir(exist_ok=True)
+            for directory in sorted(self._topics_dir.iterdir()):
+                if directory.is_dir():
+                    self._topics[directory.name] = await Topic.open(directory.name, directory)
+        except BaseException:
+            await self._close_all()
+            raise
+        self.closed = False
+        logger.info("opened data directory %s with %d topics", self.path, len(self._topics))
+        return self
+
+    async def close(self) -> None:
+        """Close consumers, groups and topics, flushing everything written. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._close_all()
+        logger.info("closed data directory %s", self.path)
+
+    async def _close_all(self) -> None:
+        try:
+            for consumer in list(self._consumers):
+                await consumer.close()
+            for group in self._groups.values():
+                await group.close()
+            for topic in self._topics.values():
+                await topic.close()
+        finally:
+            self._groups.clear()
+            self._topics.clear()
+            self._lock.release()
+
+    async def __aenter__(self) -> Log:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"the log at {self.path} is closed; open it again with logq.open()")
+
+    # -- topics -------------------------------------------------------------------
+
+    async def create_topic(self, name: str, **settings: Any) -> TopicInfo:
+        """Create a topic; `settings` are the fields of `TopicConfig`.
+
+        Raises InvalidNameError, InvalidConfigError (unknown or out-of-range
+        setting) or TopicExistsError.
+        """
+        self._check_open()
+        validate_name(name, "topic")
+        unknown = set(settings) - set(TopicConfig.__dataclass_fields__)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown topic setting {', '.join(sorted(unknown))}; "
+                f"valid settings are {', '.join(TopicConfig.__dataclass_fields__)}"
+            )
+        config = TopicConfig(**settings)
+        if name in self._topics or (self._topics_dir / name).exists():
+            raise TopicExistsError(f"topic {name!r} already exists; delete it first or pick another name")
+        self._topics[name] = await Topic.create(name, self._topics_dir / name, config)
+        return self.describe_topic(name)
+
+    def list_topics(self) -> list[str]:
+        """Return the topic names, sorted."""
+        self._check_open()
+        return sorted(self._topics)
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        """Return a topic's settings and per-partition offsets; raises UnknownTopicError."""
+        topic = self._topic(name)
+        partitions = [
+            PartitionInfo(
+                partition=number,
+                log_start_offset=partition.log_start_offset,
+                log_end_offset=partition.log_end_offset,
+                high_watermark=partition.high_watermark,
+                size_bytes=partition.size_bytes,
+                segments=len(partition.segments),
+            )
+            for number, partition in enumerate(topic.partitions)
+        ]
+        return TopicInfo(name=name, config=topic.config, partitions=partitions)
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete a topic and all its messages; raises UnknownTopicError."""
+        topic = self._topic(name)
+        for consumer in [c for c in self._consumers if c.topic == name]:
+            await consumer.close()
+        del self._topics[name]
+        await topic.close()
+        shutil.rmtree(topic.directory)
+        logger.info("deleted topic %s", name)
+
+    def _topic(self, name: str) -> Topic:
+        self._check_open()
+        topic = self._topics.get(name)
+        if topic is None:
+            validate_name(name, "topic")
+            raise UnknownTopicError(
+                f"topic {name!r} does not exist; create it with `logq topics create {name}` "
+                "or Log.create_topic()"
+            )
+        return topic
+
+    async def _topic_for_send(self, name: str) -> Topic:
+        self._check_open()
+        if name not in self._topics and self.auto_create_topics:
+            validate_name(name, "topic")
+            await self.create_topic(name)
+        return self._topic(name)
+
+    # -- producing --------------------------------------------------------------------
+
+    async def send(
+        self,
+        topic: str,
+        value: Value,
+        *,
+        key: Key | None = None,
+        headers: Headers | None = None,
+        priority: int = 0,
+        partition: int | None = None,
+    ) -> int:
+        """Append one message and return its offset in its partition.
+
+        `value`: bytes are stored as they are, anything else as JSON.
+        `key`: str or bytes; messages with the same key go to the same
+        partition. `priority`: 0 (default) to 255, higher is more urgent.
+        `partition`: override the choice by key or round-robin.
+        Returns when the message reached the OS, or is on disk under the
+        topic's `fsync="always"`. Creates the topic with default settings if
+        it does not exist and `auto_create_topics` is on.
+        Raises InvalidArgumentError for a bad value, key, header or priority,
+        MessageTooLargeError above the topic's max message size, and
+        DiskFullError when the disk is full (nothing is stored then).
+        """
+        offsets = await self.send_batch(
+            topic, [value], key=key, headers=headers, priority=priority, partition=partition
+        )
+        return offsets[0]
+
+    async def send_batch(
+        self,
+        topic: str,
+        values: Iterable[Value],
+        *,
+        key: Key | None = None,
+        headers: Headers | None = None,
+        priority: int = 0,
+        partition: int | None = None,
+    ) -> list[int]:
+        """Append several messages with shared key, headers and priority; return their offsets in order.
+
+        The messages of each partition go in one record batch, so they are
+        stored together or not at all. Arguments and errors are those of `send`.
+        """
+        target = await self._topic_for_send(topic)
+        key_bytes = _encode_key(key)
+        header_items = _check_headers(headers)
+        _check_priority(priority)
+        records = []
+        for value in values:
+            data, flags = encode_value(value)
+            record = RecordInput(value=data, key=key_bytes, headers=header_items, priority=priority, flags=flags)
+            _check_size(record, target)
+            records.append(record)
+        if not records:
+            return []
+        chosen = self._partition_for(target, key_bytes, partition)
+        if chosen is not None:
+            base = await target.append(chosen, records)
+            return list(range(base, base + len(records)))
+        return await self._send_round_robin(target, records)
+
+    async def _send_round_robin(self, target: Topic, records: list[RecordInput]) -> list[int]:
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for index in range(len(records)):
+            by_partition[target.choose_partition(None)].append(index)
+        offsets = [0] * len(records)
+        for number, indexes in by_partition.items():
+            base = await target.append(number, [records[i] for i in indexes])
+            for delta, index in enumerate(indexes):
+                offsets[index] = base + delta
+        return offsets
+
+    def _partition_for(self, target: Topic, key: bytes | None, partition: int | None) -> int | None:
+        if partition is not None:
+            count = target.config.partitions
+            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < count:
+                raise InvalidArgumentError(
+                    f"partition {partition!r} does not exist in topic {target.name!r}; use 0..{count - 1}"
+                )
+            return partition
+        if key is not None or target.config.partitions == 1:
+            return target.choose_partition(key) if key is not None else 0
+        return None
+
+    # -- consuming --------------------------------------------------------------------
+
+    def consumer(
+        self, topic: str, *, group: str, auto_ack: bool = True, start: StartPosition = "earliest"
+    ) -> Consumer:
+        """Return a new consumer of `topic` in consumer group `group`.
+
+        `start` sets where a group that never read the topic begins:
+        "earliest" (the log start offset, the default) or "latest" (only
+        messages sent from now on). A group that has read it before continues
+        at its committed offset. See `Consumer` for `auto_ack`.
+        Raises UnknownTopicError, InvalidNameError or InvalidArgumentError.
+        """
+        target = self._topic(topic)
+        validate_name(group, "group")
+        if start not in ("earliest", "latest"):
+            raise InvalidArgumentError(f"invalid start {start!r}; use 'earliest' or 'latest'")
+        consumer = Consumer(self, target, group, auto_ack=auto_ack, start=start)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _forget_consumer(self, consumer: Consumer) -> None:
+        self._consumers.discard(consumer)
+
+    async def group(self, name: str, *, create: bool = True) -> Group:
+        """Return the open group `name`, opening its journal on first use (internal)."""
+        self._check_open()
+        validate_name(name, "group")
+        group = self._groups.get(name)
+        if group is None:
+            directory = self._groups_dir / name
+            if not create and not directory.exists():
+                raise UnknownGroupError(f"consumer group {name!r} does not exist; see `logq groups list`")
+            group = await Group.open(name, directory, fsync=self.group_fsync)
+            self._groups[name] = group
+        return group
+
+    def replay(
+        self,
+        topic: str,
+        *,
+        from_offset: int | None = None,
+        from_time: datetime | int | None = None,
+        partition: int | None = None,
+    ) -> AsyncIterator[Message]:
+        """Iterate over a topic's messages without a group, up to the high watermark at the start.
+
+        `from_offset` applies to each partition (clamped to the log start
+        offset); `from_time` (an aware datetime, or ms since the epoch) starts
+        at the first message appended at or after it. Messages of several
+        partitions are merged by timestamp. Raises UnknownTopicError and
+        InvalidArgumentError (both start options, a bad partition).
+        """
+        target = self._topic(topic)
+        if from_offset is not None and from_time is not None:
+            raise InvalidArgumentError("pass from_offset or from_time, not both")
+        if from_offset is not None and (isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0):
+            raise InvalidArgumentError(f"from_offset must be an int >= 0, got {from_offset!r}")
+        numbers = list(range(target.config.partitions))
+        if partition is not None:
+            numbers = [self._partition_for(target, None, partition)]  # type: ignore[list-item]
+        start_ms = None if from_time is None else timestamp_to_ms(from_time)
+        return replay_topic(target, numbers, from_offset=from_offset, from_time_ms=start_ms)
+
+    # -- groups -------------------------------------------------------------------------
+
+    def list_groups(self) -> list[str]:
+        """Return the names of the consumer groups in the data directory, sorted."""
+        self._check_open()
+        return sorted(path.name for path in self._groups_dir.iterdir() if path.is_dir())
+
+    async def describe_group(self, name: str) -> list[GroupPartitionInfo]:
+        """Return a group's committed offset, lag and in-flight count per partition it reads.
+
+        Raises UnknownGroupError.
+        """
+        group = await self.group(name, create=False)
+        rows = []
+        for (topic_name, number), state in sorted(group.states.items()):
+            topic = self._topics.get(topic_name)
+            if topic is None or number >= len(topic.partitions):
+                continue
+            high_watermark = topic.partitions[number].high_watermark
+            rows.append(
+                GroupPartitionInfo(
+                    topic=topic_name,
+                    partition=number,
+                    committed_offset=state.committed,
+                    high_watermark=high_watermark,
+                    lag=max(0, high_watermark - state.committed),
+                    in_flight=len(state.in_flight),
+                )
+            )
+        return rows
+
+    async def reset_group(self, name: str, topic: str, *, to: str | int | datetime) -> list[GroupPartitionInfo]:
+        """Move a group's committed offset on every partition of `topic`; return the new positions.
+
+        `to`: "earliest", "latest", an offset (applied to each partition,
+        clamped to its log start..log end), or a datetime / ms timestamp (the
+        first message at or after it). Messages in flight are delivered again.
+        Raises UnknownGroupError, UnknownTopicError, InvalidArgumentError.
+        """
+        target = self._topic(topic)
+        group = await self.group(name, create=False)
+        for number, partition in enumerate(target.partitions):
+            offset = await _reset_target(partition, to)
+            await group.reset(topic, number, offset)
+        return [row for row in await self.describe_group(name) if row.topic == topic]
+
+    async def flush(self) -> None:
+        """Fsync every partition of every topic, whatever its fsync mode."""
+        self._check_open()
+        for topic in self._topics.values():
+            for partition in topic.partitions:
+                await partition.flush()
+
+
+async def _reset_target(partition: PartitionLog, to: str | int | datetime) -> int:
+    if to == "earliest":
+        return partition.log_start_offset
+    if to == "latest":
+        return partition.high_watermark
+    if isinstance(to, int) and not isinstance(to, bool):
+        return min(max(to, partition.log_start_offset), partition.log_end_offset)
+    if isinstance(to, datetime):
+        return await first_offset_at(partition, timestamp_to_ms(to))
+    raise InvalidArgumentError(f"invalid reset target {to!r}; use 'earliest', 'latest', an offset or a datetime")
+
+
+def _encode_key(key: Key | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    raise InvalidArgumentError(f"key must be str or bytes, got {type(key).__name__} {key!r}")
+
+
+def _check_headers(headers: Headers | None) -> tuple[tuple[str, str], ...]:
+    if headers is None:
+        return ()
+    if not isinstance(headers, dict):
+        raise InvalidArgumentError(f"headers must be a dict of str to str, got {type(headers).__name__}")
+    for name, text in headers.items():
+        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 0xFFFF:
+            raise InvalidArgumentError(f"header name {name!r} must be a non-empty str of at most 65535 bytes")
+        if not isinstance(text, str):
+            raise InvalidArgumentError(
+                f"header {name!r} has a {type(text).__name__} value {text!r}; header values must be str"
+            )
+    return tuple(headers.items())
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidArgumentError(f"priority must be an int from 0 to {MAX_PRIORITY}, got {priority!r}")
+
+
+def _check_size(record: RecordInput, topic: Topic) -> None:
+    size = len(record.value) + len(record.key or b"") + sum(len(n) + len(v) for n, v in record.headers)
+    limit = topic.config.max_message_bytes
+    if size > limit:
+        raise MessageTooLargeError(
+            f"message of {size} bytes (key, headers and value) exceeds the max message size of "
+            f"topic {topic.name!r}, {limit} bytes; send a smaller value or create the topic with "
+            "a larger max_message_bytes"
+        )
+
+
+class _Opener:
+    """Result of `logq.open`: await it, or use it with `async with`."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+
+    def __await__(self) -> Generator[Any, None, Log]:
+        return self._log._open().__await__()
+
+    async def __aenter__(self) -> Log:
+        return await self._log._open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._log.close()
+
+
+def open(path: str | Path, *, auto_create_topics: bool = True, group_fsync: str = "interval") -> _Opener:  # noqa: A001
+    """Open (creating if needed) the data directory at `path`.
+
+    Use `async with logq.open(path) as log:` or `log = await logq.open(path)`.
+    `auto_create_topics`: `send` creates a missing topic with default settings.
+    `group_fsync`: fsync mode of group journals ("always", "interval" or
+    "never"); "interval" may forget the last ~200 ms of acks on a power
+    failure, which causes redelivery, never loss.
+    Raises DataDirLockedError when another process owns the directory.
+    """
+    if group_fsync not in ("always", "interval", "never"):
+        raise InvalidArgumentError(f"invalid group_fsync {group_fsync!r}; use 'always', 'interval' or 'never'")
+    return _Opener(Log(path, auto_create_topics=auto_create_topics, group_fsync=group_fsync))

@@ -1,0 +1,483 @@
+"""The log of one partition: append, read, roll, flush, retention.
+
+A partition is a directory of segments. Offsets are dense: each append gets
+the next offsets after the log end offset. Terms used below:
+
+- log start offset: first offset still on disk (retention moves it forward);
+- log end offset: next offset to be written;
+- high watermark: end of what readers see. Under `fsync="always"` it is the
+  end of what has been fsynced, so no reader sees a message that a crash could
+  still lose. Under "interval" and "never" it is the log end offset, because
+  those modes accept losing the last moments of writes on a power failure.
+
+Blocking file work runs in worker threads (`asyncio.to_thread`) once per
+batch. Appends are serialized by one lock per partition; reads take no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from logq.errors import ClosedError, OffsetOutOfRangeError
+from logq.segments import recovery
+from logq.segments.batch import (
+    CODEC_NONE,
+    HEADER_SIZE,
+    BatchHeader,
+    Record,
+    RecordInput,
+    decode_records,
+    encode_batch,
+    iter_batches,
+    parse_header,
+)
+from logq.segments.segment import Segment
+
+logger = logging.getLogger(__name__)
+
+FsyncMode = Literal["always", "interval", "never"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Storage settings of one partition.
+
+    `segment_bytes`: roll to a new segment once the active one would pass this
+    size. `index_interval_bytes`: bytes of batches between offset index
+    entries. `fsync`: "always" (a send returns after an fsync, shared by
+    concurrent sends), "interval" (fsync at most every `fsync_interval_ms`
+    milliseconds) or "never" (the OS decides). `codec`: batch compression id.
+    `retention_bytes` and `retention_ms`: delete the oldest closed segments
+    while the partition exceeds this size or their newest record is older than
+    this age; None keeps everything. `tail_cache_bytes`: recent batches kept in
+    memory to serve readers at the tail without a file read.
+    """
+
+    segment_bytes: int = 16 * 1024 * 1024
+    index_interval_bytes: int = 4096
+    fsync: FsyncMode = "interval"
+    fsync_interval_ms: int = 200
+    codec: int = CODEC_NONE
+    retention_bytes: int | None = None
+    retention_ms: int | None = None
+    tail_cache_bytes: int = 4 * 1024 * 1024
+
+
+class _TailCache:
+    """Recent batches in memory, ordered by base offset, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.base_offsets: deque[int] = deque()
+        self.batches: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, base_offset: int, data: bytes) -> None:
+        self.base_offsets.append(base_offset)
+        self.batches.append(data)
+        self.size += len(data)
+        while self.size > self.max_bytes and len(self.batches) > 1:
+            self.base_offsets.popleft()
+            self.size -= len(self.batches.popleft())
+
+    def find(self, offset: int) -> int | None:
+        """Return the slot of the batch that contains `offset`, or None when not cached."""
+        if not self.base_offsets or offset < self.base_offsets[0]:
+            return None
+        slot = bisect.bisect_right(self.base_offsets, offset) - 1
+        return slot
+
+    def clear(self) -> None:
+        self.base_offsets.clear()
+        self.batches.clear()
+        self.size = 0
+
+
+class PartitionLog:
+    """Append-only log of one partition, stored as a directory of segments.
+
+    Open it with `PartitionLog.open`, which recovers the directory. Coroutines
+    here are safe to call from any task of the event loop that opened it.
+    """
+
+    def __init__(self, directory: Path, config: LogConfig, segments: list[Segment]) -> None:
+        self.directory = directory
+        self.config = config
+        self.segments = segments
+        self._append_lock = asyncio.Lock()
+        self._flushed_offset = self.log_end_offset
+        self._flush_task: asyncio.Task[None] | None = None
+        self._interval_task: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._last_timestamp_ms = max((s.max_timestamp_ms or 0) for s in segments)
+        self._data_event = asyncio.Event()
+        self._tail = _TailCache(config.tail_cache_bytes)
+        self._closed = False
+        self._retention_task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        if config.fsync == "interval":
+            self._interval_task = loop.create_task(self._flush_periodically())
+        if config.retention_ms is not None:
+            self._retention_task = loop.create_task(self._apply_retention_periodically())
+
+    # -- opening and closing ------------------------------------------------
+
+    @classmethod
+    async def open(cls, directory: Path, config: LogConfig) -> PartitionLog:
+        """Open or create the partition at `directory`, recovering it first."""
+        segments, report = await asyncio.to_thread(cls._recover, directory, config)
+        log = cls(directory, config, segments)
+        logger.info(
+            "opened partition %s: offsets %d..%d in %d segments, truncated %d bytes, rebuilt %d indexes",
+            directory, log.log_start_offset, log.log_end_offset, len(segments),
+            report.truncated_bytes, len(report.rebuilt_indexes),
+        )
+        await log.apply_retention()
+        return log
+
+    @staticmethod
+    def _recover(directory: Path, config: LogConfig) -> tuple[list[Segment], recovery.RecoveryReport]:
+        directory.mkdir(parents=True, exist_ok=True)
+        report = recovery.RecoveryReport()
+        recovery.remove_temp_files(directory, report)
+        base_offsets = recovery.list_segment_offsets(directory)
+        if not base_offsets:
+            return [Segment.create(directory, 0, index_interval_bytes=config.index_interval_bytes)], report
+        segments = [
+            Segment(directory, base, index_interval_bytes=config.index_interval_bytes) for base in base_offsets
+        ]
+        for segment, following in zip(segments, segments[1:]):
+            recovery.load_closed_segment(segment, following.base_offset, report)
+        recovery.recover_active_segment(segments[-1], report)
+        return segments, report
+
+    async def close(self) -> None:
+        """Flush and fsync everything written, then close the files.
+
+        Safe to call twice. After it, every call raises ClosedError.
+        """
+        if self._closed:
+            return
+        async with self._append_lock:
+            self._closed = True
+            for task in (self._interval_task, self._retention_task):
+                if task is not None:
+                    task.cancel()
+            if self._flush_task is not None:
+                await asyncio.shield(self._flush_task)
+            await asyncio.to_thread(self._close_files)
+            self._data_event.set()
+        logger.info("closed partition %s at log end offset %d", self.directory, self.log_end_offset)
+
+    def _close_files(self) -> None:
+        for segment in self.segments:
+            segment.flush(fsync=segment is self.active_segment)
+            segment.close()
+
+    # -- offsets --------------------------------------------------------------
+
+    @property
+    def active_segment(self) -> Segment:
+        """The segment that appends go to."""
+        return self.segments[-1]
+
+    @property
+    def log_start_offset(self) -> int:
+        """First offset still stored."""
+        return self.segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        """Offset the next appended record will get."""
+        return self.active_segment.next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        """End of the offsets readers may see (see the module docstring)."""
+        if self.config.fsync == "always":
+            return self._flushed_offset
+        return self.log_end_offset
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of record batches stored in all segments."""
+        return sum(segment.size for segment in self.segments)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"partition {self.directory} is closed; open the log again to use it")
+
+    # -- append ---------------------------------------------------------------
+
+    async def append(self, records: Sequence[RecordInput]) -> tuple[int, int]:
+        """Append `records` as one batch; return its first offset and the log end offset after it.
+
+        Returns once the batch reached the OS, or, under `fsync="always"`, once
+        it is on disk. If the write fails, no offset is assigned and the file is
+        left as before. Cancelling the caller does not interrupt a write that
+        has started: the batch is stored and the cancellation is re-raised, so
+        a cancelled append may still be in the log, as with any broker.
+        """
+        self._check_open()
+        async with self._append_lock:
+            self._check_open()
+            base_offset = self.log_end_offset
+            timestamp_ms = max(time.time_ns() // 1_000_000, self._last_timestamp_ms)
+            data = encode_batch(base_offset, records, timestamp_ms=timestamp_ms, codec=self.config.codec)
+            header = parse_header(data)
+            segment_count = len(self.segments)
+            cancelled = await _finish_in_thread(self._write, data, header)
+            self._last_timestamp_ms = timestamp_ms
+            self._tail.add(base_offset, data)
+            self._dirty = True
+            end_offset = header.next_offset
+            if self.config.fsync != "always":
+                self._notify_readers()
+        if cancelled:
+            raise asyncio.CancelledError
+        if len(self.segments) != segment_count:
+            await self.apply_retention()
+        if self.config.fsync == "always":
+            await self._flush_through(end_offset)
+        return base_offset, end_offset
+
+    def _write(self, data: bytes, header: BatchHeader) -> None:
+        """Roll if the batch does not fit, then write it. Runs in a worker thread."""
+        active = self.active_segment
+        if active.size > 0 and active.size + len(data) > self.config.segment_bytes:
+            self._roll()
+        self.active_segment.append(data, header)
+
+    def _roll(self) -> None:
+        """Close the active segment and start a new one at the log end offset."""
+        old = self.active_segment
+        old.seal()
+        old.flush(fsync=True)
+        new = Segment.create(self.directory, old.next_offset, index_interval_bytes=self.config.index_interval_bytes)
+        self.segments.append(new)
+        logger.info(
+            "rolled partition %s: segment %d closed at %d bytes, new segment %d",
+            self.directory, old.base_offset, old.size, new.base_offset,
+        )
+
+    # -- durability -----------------------------------------------------------
+
+    async def _flush_through(self, offset: int) -> None:
+        """Wait until every offset below `offset` is fsynced (group commit).
+
+        Appends that arrive while an fsync runs wait for the next one, so one
+        fsync covers every append that queued behind it.
+        """
+        while self._flushed_offset < offset:
+            if self._flush_task is None or self._flush_task.done():
+                self._flush_task = asyncio.get_running_loop().create_task(self._flush_once())
+            await asyncio.shield(self._flush_task)
+
+    async def _flush_once(self) -> None:
+        # Segments before the active one were fsynced when they rolled, so
+        # fsyncing the active segment makes everything below `target` durable.
+        segment = self.active_segment
+        target = segment.next_offset
+        self._dirty = False
+        await asyncio.to_thread(segment.flush, fsync=True)
+        if target > self._flushed_offset:
+            self._flushed_offset = target
+            self._notify_readers()
+
+    async def flush(self) -> None:
+        """Fsync everything appended so far, whatever the fsync mode."""
+        self._check_open()
+        await self._flush_through(self.log_end_offset)
+
+    async def _flush_periodically(self) -> None:
+        interval = self.config.fsync_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if not self._dirty:
+                continue
+            try:
+                await self._flush_once()
+            except OSError as exc:
+                logger.error("periodic fsync of partition %s failed, retrying next interval: %s",
+                             self.directory, exc)
+
+    async def _apply_retention_periodically(self) -> None:
+        assert self.config.retention_ms is not None
+        interval = min(max(self.config.retention_ms / 10_000, 1.0), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.apply_retention()
+            except OSError as exc:
+                logger.error("retention of partition %s failed, retrying in %.0f s: %s",
+                             self.directory, interval, exc)
+
+    def _notify_readers(self) -> None:
+        self._data_event.set()
+        self._data_event = asyncio.Event()
+
+    async def wait_for_data(self, offset: int, timeout: float | None) -> bool:
+        """Wait until the high watermark passes `offset`; return False on timeout."""
+        while self.high_watermark <= offset and not self._closed:
+            try:
+                await asyncio.wait_for(self._data_event.wait(), timeout)
+            except TimeoutError:
+                return False
+        return self.high_watermark > offset
+
+    # -- read -------------------------------------------------------------------
+
+    async def read(self, offset: int, *, max_bytes: int = 1024 * 1024) -> list[Record]:
+        """Return records from `offset` on, about `max_bytes` of batches, below the high watermark.
+
+        Returns an empty list at the high watermark. Raises OffsetOutOfRangeError
+        below the log start offset or above the log end offset, and
+        CorruptRecordError when a batch fails its CRC.
+        """
+        self._check_open()
+        end = self.high_watermark
+        self._check_offset(offset)
+        if offset >= end:
+            return []
+        cached = self._read_from_tail_cache(offset, end, max_bytes)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self._read_from_segments, offset, end, max_bytes)
+
+    def _check_offset(self, offset: int) -> None:
+        if offset < self.log_start_offset or offset > self.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside {self.log_start_offset}..{self.log_end_offset} "
+                f"(log start offset..log end offset) of partition {self.directory.name}; "
+                "read from an offset in that range"
+            )
+
+    def _read_from_tail_cache(self, offset: int, end: int, max_bytes: int) -> list[Record] | None:
+        slot = self._tail.find(offset)
+        if slot is None:
+            return None
+        records: list[Record] = []
+        size = 0
+        for data in list(self._tail.batches)[slot:]:
+            header = parse_header(data)
+            if header.base_offset >= end or (records and size + len(data) > max_bytes):
+                break
+            records.extend(r for r in decode_records(data, 0, header) if offset <= r.offset < end)
+            size += len(data)
+        return records
+
+    def _find_segment(self, offset: int) -> Segment:
+        slot = bisect.bisect_right([s.base_offset for s in self.segments], offset) - 1
+        return self.segments[max(slot, 0)]
+
+    def _read_from_segments(self, offset: int, end: int, max_bytes: int) -> list[Record]:
+        """Read batches from the segment holding `offset`. Runs in a worker thread."""
+        segment = self._find_segment(offset)
+        position = segment.offset_index.lookup(offset)
+        records: list[Record] = []
+        while not records and position < segment.size:
+            chunk = segment.read(position, max(max_bytes, HEADER_SIZE))
+            if len(chunk) >= HEADER_SIZE:
+                needed = parse_header(chunk).size
+                if needed > len(chunk):
+                    chunk = segment.read(position, needed)
+            consumed = 0
+            for batch_position, header in iter_batches(chunk):
+                consumed = batch_position + header.size
+                if header.next_offset <= offset:
+                    continue
+                if header.base_offset >= end:
+                    break
+                records.extend(r for r in decode_records(chunk, batch_position, header) if offset <= r.offset < end)
+            if consumed == 0:
+                break
+            position += consumed
+        return records
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int:
+        """Return an offset at or before the first record whose timestamp is >= `timestamp_ms`.
+
+        Returns the log end offset when every record is older. The caller skips
+        records older than `timestamp_ms` while reading from the returned offset.
+        """
+        self._check_open()
+        for segment in self.segments:
+            if segment.max_timestamp_ms is not None and segment.max_timestamp_ms >= timestamp_ms:
+                return segment.time_index.lookup(timestamp_ms)
+        return self.log_end_offset
+
+    # -- retention ---------------------------------------------------------------
+
+    async def apply_retention(self) -> list[int]:
+        """Delete the oldest closed segments beyond the size or age limits; return their base offsets."""
+        if self.config.retention_bytes is None and self.config.retention_ms is None:
+            return []
+        async with self._append_lock:
+            doomed = self._segments_past_retention()
+            await self._remove_front_segments(doomed)
+        return [segment.base_offset for segment in doomed]
+
+    async def delete_segments_before(self, offset: int) -> int:
+        """Delete the closed segments whose records all lie below `offset`; return how many."""
+        async with self._append_lock:
+            doomed = [segment for segment in self.segments[:-1] if segment.next_offset <= offset]
+            await self._remove_front_segments(doomed)
+        return len(doomed)
+
+    async def _remove_front_segments(self, doomed: list[Segment]) -> None:
+        """Drop `doomed`, a prefix of the segment list. Call with the append lock held."""
+        if doomed:
+            self.segments = self.segments[len(doomed):]
+            await asyncio.to_thread(self._delete_segments, doomed)
+
+    def _segments_past_retention(self) -> list[Segment]:
+        now_ms = time.time_ns() // 1_000_000
+        total = self.size_bytes
+        doomed: list[Segment] = []
+        for segment in self.segments[:-1]:
+            too_big = self.config.retention_bytes is not None and total - segment.size >= self.config.retention_bytes
+            too_old = (
+                self.config.retention_ms is not None
+                and segment.max_timestamp_ms is not None
+                and now_ms - segment.max_timestamp_ms > self.config.retention_ms
+            )
+            if not (too_big or too_old):
+                break
+            doomed.append(segment)
+            total -= segment.size
+        return doomed
+
+    def _delete_segments(self, doomed: list[Segment]) -> None:
+        for segment in doomed:
+            segment.delete()
+            logger.info(
+                "retention deleted segment %d of partition %s (%d bytes, offsets %d..%d)",
+                segment.base_offset, self.directory, segment.size, segment.base_offset, segment.next_offset - 1,
+            )
+
+
+async def _finish_in_thread(function: Callable[..., object], *args: object) -> bool:
+    """Run `function` in a worker thread to the end, even if the caller is cancelled.
+
+    Returns True when a cancellation arrived meanwhile, so the caller can finish
+    its bookkeeping for the completed write before re-raising it.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(future)
+            return cancelled
+        except asyncio.CancelledError:
+            if future.done():
+                future.result()
+                return True
+            cancelled = True

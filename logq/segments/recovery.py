@@ -1,0 +1,195 @@
+"""Recovery of a partition directory when it is opened.
+
+The steps, in order:
+
+1. Remove temporary files left by an interrupted index rewrite.
+2. Open every segment, oldest first.
+3. For each closed segment, load its indexes and check them against the file;
+   rebuild a missing or damaged index by scanning the segment.
+4. Scan the active (last) segment batch by batch, checking every CRC, and
+   rebuild its indexes on the way. Only the active segment is scanned, so
+   opening a large log reads one segment, not all of them.
+5. At the first batch that is cut short or fails its CRC, truncate the file
+   there when nothing valid follows it (a torn tail). When a valid batch
+   follows, the damage is not a torn tail: stop with CorruptRecordError rather
+   than drop data that passed its CRC.
+
+Every truncation and rebuild is logged and returned in a `RecoveryReport`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from logq.errors import CorruptIndexError, CorruptRecordError
+from logq.segments import files
+from logq.segments.batch import HEADER_SIZE, BatchHeader, parse_header, verify_batch
+from logq.segments.segment import Segment
+
+logger = logging.getLogger(__name__)
+
+SCAN_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery changed in one partition directory."""
+
+    truncated_bytes: int = 0
+    truncated_at: int | None = None
+    rebuilt_indexes: list[str] = field(default_factory=list)
+    removed_temp_files: list[str] = field(default_factory=list)
+
+
+def remove_temp_files(directory: Path, report: RecoveryReport) -> None:
+    """Delete `*.tmp` files, which only an interrupted rewrite leaves behind."""
+    for path in sorted(directory.glob("*" + files.TEMP_SUFFIX)):
+        path.unlink()
+        report.removed_temp_files.append(path.name)
+        logger.warning("removed leftover temporary file %s", path)
+
+
+def list_segment_offsets(directory: Path) -> list[int]:
+    """Return the base offsets of the segment files in `directory`, ascending."""
+    offsets = [files.base_offset_of(path) for path in directory.iterdir()]
+    return sorted(offset for offset in offsets if offset is not None)
+
+
+def scan_segment(segment: Segment) -> tuple[int, CorruptRecordError | None]:
+    """Index every valid batch of `segment` from position 0.
+
+    Returns the position where valid data ends and the error that stopped the
+    scan there (None when the file ended on a batch boundary).
+    """
+    segment.reset_indexes()
+    file_size = segment.file_size()
+    segment.size = file_size
+    position = 0
+    while position < file_size:
+        chunk = segment.read(position, max(SCAN_CHUNK_BYTES, HEADER_SIZE))
+        cursor = 0
+        try:
+            while len(chunk) - cursor >= HEADER_SIZE:
+                header = parse_header(chunk, cursor)
+                if position + cursor + header.size > file_size:
+                    raise CorruptRecordError(
+                        f"{segment.path.name}: batch at position {position + cursor} is cut short: "
+                        f"{file_size - position - cursor} of {header.size} bytes present"
+                    )
+                if cursor + header.size > len(chunk):
+                    if cursor == 0:
+                        chunk = segment.read(position, header.size)
+                        continue
+                    break
+                verify_batch(chunk, cursor, header)
+                _check_continuity(segment, header, position + cursor)
+                segment.track_batch(position + cursor, header)
+                cursor += header.size
+        except CorruptRecordError as exc:
+            return position + cursor, exc
+        if cursor == 0:
+            return position, CorruptRecordError(
+                f"{segment.path.name}: {file_size - position} bytes at position {position} "
+                "are too short to hold a batch"
+            )
+        position += cursor
+    return position, None
+
+
+def _check_continuity(segment: Segment, header: BatchHeader, position: int) -> None:
+    if header.base_offset != segment.next_offset:
+        raise CorruptRecordError(
+            f"{segment.path.name}: batch at position {position} has base offset "
+            f"{header.base_offset}, expected {segment.next_offset}"
+        )
+
+
+def _valid_batch_follows(segment: Segment, position: int) -> bool:
+    """Return True when a CRC-valid batch starts right after the damaged one at `position`."""
+    head = segment.read(position, HEADER_SIZE)
+    try:
+        damaged = parse_header(head)
+    except CorruptRecordError:
+        return False
+    following = position + damaged.size
+    head = segment.read(following, HEADER_SIZE)
+    try:
+        header = parse_header(head)
+        verify_batch(segment.read(following, header.size), 0, header)
+    except CorruptRecordError:
+        return False
+    return True
+
+
+def recover_active_segment(segment: Segment, report: RecoveryReport) -> None:
+    """Scan the active segment and truncate a torn or corrupt tail.
+
+    Raises CorruptRecordError when a damaged batch is followed by valid data,
+    because truncating there would drop records that passed their CRC.
+    """
+    valid_end, error = scan_segment(segment)
+    if error is not None:
+        if _valid_batch_follows(segment, valid_end):
+            raise CorruptRecordError(
+                f"{segment.path}: the batch at position {valid_end} is damaged ({error}) "
+                "but valid batches follow it; logq will not truncate them. "
+                "Move the partition aside or restore it from a copy"
+            )
+        dropped = segment.file_size() - valid_end
+        segment.truncate(valid_end)
+        report.truncated_bytes += dropped
+        report.truncated_at = valid_end
+        logger.warning(
+            "truncated %d bytes of a torn or corrupt tail from %s at position %d: %s",
+            dropped, segment.path, valid_end, error,
+        )
+    segment.seal()
+    segment.offset_index.rewrite()
+    segment.time_index.rewrite()
+
+
+def load_closed_segment(segment: Segment, next_base_offset: int, report: RecoveryReport) -> None:
+    """Load a closed segment's indexes, rebuilding them when they are damaged."""
+    segment.size = segment.file_size()
+    segment.next_offset = next_base_offset
+    try:
+        segment.offset_index.load(segment.size, next_base_offset)
+        segment.time_index.load(next_base_offset)
+        _check_index_entries(segment)
+    except CorruptIndexError as exc:
+        logger.warning("rebuilding the indexes of %s: %s", segment.path, exc)
+        report.rebuilt_indexes.append(segment.path.name)
+        valid_end, error = scan_segment(segment)
+        if error is not None or segment.next_offset != next_base_offset:
+            raise CorruptRecordError(
+                f"{segment.path}: damaged at position {valid_end} while rebuilding its index "
+                f"({error}); it ends at offset {segment.next_offset}, the next segment starts at "
+                f"{next_base_offset}"
+            ) from exc
+        segment.seal()
+        segment.offset_index.rewrite()
+        segment.time_index.rewrite()
+    segment.max_timestamp_ms = segment.time_index.max_timestamp_ms
+
+
+def _check_index_entries(segment: Segment) -> None:
+    """Check that the first and last offset index entries point at the batches they name."""
+    index = segment.offset_index
+    if segment.size and not index.offsets:
+        raise CorruptIndexError(f"{index.path.name}: empty for a segment of {segment.size} bytes")
+    for slot in {0, len(index.offsets) - 1} if index.offsets else ():
+        position = index.positions[slot]
+        try:
+            header = parse_header(segment.read(position, HEADER_SIZE))
+        except CorruptRecordError as exc:
+            raise CorruptIndexError(
+                f"{index.path.name}: entry {slot} points at position {position}, "
+                f"where no batch header is: {exc}"
+            ) from exc
+        if header.base_offset != index.offsets[slot]:
+            raise CorruptIndexError(
+                f"{index.path.name}: entry {slot} names offset {index.offsets[slot]}, "
+                f"the batch at position {position} starts at {header.base_offset}"
+            )

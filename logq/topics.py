@@ -1,0 +1,173 @@
+"""Topics: their settings, their partitions and the choice of partition for a message.
+
+A topic lives in `<data dir>/topics/<name>/`: `topic.json` holds its
+settings and each partition is a subdirectory named by its number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from logq.errors import InvalidConfigError, StorageError
+from logq.segments import CODEC_NAMES, LogConfig, PartitionLog, RecordInput
+from logq.segments.files import write_file_atomically
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE_NAME: Final = "topic.json"
+MAX_PARTITIONS: Final = 1024
+MIN_SEGMENT_BYTES: Final = 4096
+FSYNC_MODES: Final = ("always", "interval", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """Settings of a topic, fixed when it is created.
+
+    `partitions`: number of partitions, 1..1024. `segment_bytes`: size at which
+    a segment rolls (default 16 MiB). `compression`: "none" or "zstd", per
+    batch. `fsync`: "always", "interval" or "never" (see `LogConfig`).
+    `fsync_interval_ms`: period of the "interval" mode. `max_message_bytes`:
+    limit on key, headers and value together (default 1 MiB).
+    `retention_bytes` and `retention_ms`: per-partition limits of size and
+    age after which whole segments are deleted; None keeps everything.
+    """
+
+    partitions: int = 1
+    segment_bytes: int = 16 * 1024 * 1024
+    compression: str = "none"
+    fsync: str = "interval"
+    fsync_interval_ms: int = 200
+    max_message_bytes: int = 1024 * 1024
+    retention_bytes: int | None = None
+    retention_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("partitions", self.partitions, 1, MAX_PARTITIONS)
+        _check_int("segment_bytes", self.segment_bytes, MIN_SEGMENT_BYTES, 2**31 - 1)
+        _check_int("fsync_interval_ms", self.fsync_interval_ms, 1, 3_600_000)
+        _check_int("max_message_bytes", self.max_message_bytes, 1, 64 * 1024 * 1024)
+        if self.retention_bytes is not None:
+            _check_int("retention_bytes", self.retention_bytes, 1, 2**62)
+        if self.retention_ms is not None:
+            _check_int("retention_ms", self.retention_ms, 1, 2**62)
+        if self.compression not in CODEC_NAMES:
+            raise InvalidConfigError(
+                f"invalid compression {self.compression!r}; use one of {', '.join(CODEC_NAMES)}"
+            )
+        if self.fsync not in FSYNC_MODES:
+            raise InvalidConfigError(f"invalid fsync mode {self.fsync!r}; use one of {', '.join(FSYNC_MODES)}")
+
+    def log_config(self) -> LogConfig:
+        """Return the storage settings of each partition."""
+        return LogConfig(
+            segment_bytes=self.segment_bytes,
+            fsync=self.fsync,  # type: ignore[arg-type]
+            fsync_interval_ms=self.fsync_interval_ms,
+            codec=CODEC_NAMES[self.compression],
+            retention_bytes=self.retention_bytes,
+            retention_ms=self.retention_ms,
+        )
+
+    def to_json(self) -> bytes:
+        """Encode the settings as the contents of topic.json."""
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes, path: Path) -> TopicConfig:
+        """Decode topic.json; raises StorageError naming `path` when it is damaged."""
+        try:
+            values: dict[str, Any] = orjson.loads(data)
+            known = {field.name for field in fields(cls)}
+            return cls(**{name: value for name, value in values.items() if name in known})
+        except (orjson.JSONDecodeError, TypeError, InvalidConfigError) as exc:
+            raise StorageError(f"{path}: not a valid topic configuration ({exc}); restore it from a copy") from exc
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidConfigError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise InvalidConfigError(f"{name}={value} is out of range; use a value from {low} to {high}")
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """Return the partition of a keyed message: CRC-32 of the key modulo the partition count.
+
+    Stable across processes and Python versions, unlike `hash()`.
+    """
+    return zlib.crc32(key) % partitions
+
+
+class Topic:
+    """An open topic: its settings and one `PartitionLog` per partition."""
+
+    def __init__(self, name: str, directory: Path, config: TopicConfig, partitions: list[PartitionLog]) -> None:
+        self.name = name
+        self.directory = directory
+        self.config = config
+        self.partitions = partitions
+        self._round_robin = itertools.cycle(range(config.partitions))
+        self._appended = asyncio.Event()
+
+    @classmethod
+    async def create(cls, name: str, directory: Path, config: TopicConfig) -> Topic:
+        """Create the topic's directory and settings file, then open it."""
+        directory.mkdir(parents=True)
+        write_file_atomically(directory / CONFIG_FILE_NAME, config.to_json())
+        logger.info("created topic %s with %d partitions", name, config.partitions)
+        return await cls.open(name, directory)
+
+    @classmethod
+    async def open(cls, name: str, directory: Path) -> Topic:
+        """Open an existing topic and recover each partition."""
+        path = directory / CONFIG_FILE_NAME
+        try:
+            config = TopicConfig.from_json(path.read_bytes(), path)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{path}: missing; the topic directory is incomplete, restore it or delete the topic") from exc
+        log_config = config.log_config()
+        partitions = [
+            await PartitionLog.open(directory / str(number), log_config) for number in range(config.partitions)
+        ]
+        return cls(name, directory, config, partitions)
+
+    async def close(self) -> None:
+        """Close every partition (flushing it) and wake waiting readers."""
+        for partition in self.partitions:
+            await partition.close()
+        self.notify_readers()
+
+    def choose_partition(self, key: bytes | None) -> int:
+        """Return the partition for a message: by key hash, else round-robin."""
+        if key is None:
+            return next(self._round_robin)
+        return partition_for_key(key, self.config.partitions)
+
+    async def append(self, partition: int, records: Sequence[RecordInput]) -> int:
+        """Append `records` to one partition as a batch and return the first offset."""
+        base_offset, _ = await self.partitions[partition].append(records)
+        self.notify_readers()
+        return base_offset
+
+    def notify_readers(self) -> None:
+        """Wake every task waiting in `wait_for_append`."""
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    async def wait_for_append(self, timeout: float | None) -> bool:
+        """Wait for the next append to any partition; return False on timeout."""
+        try:
+            await asyncio.wait_for(self._appended.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
