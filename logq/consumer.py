@@ -167,10 +167,10 @@ class Consumer:
             for record in records:
                 if len(messages) >= limit:
                     break
-                state.deliver(record.offset, self._id)
-                if record.offset in state.done:
-                    del state.in_flight[record.offset]
+                if state.is_done(record.offset):
+                    state.pass_over(record.offset)
                     continue
+                state.deliver(record.offset, self._id)
                 messages.append(self._message(number, record))
         return messages
 

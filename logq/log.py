@@ -413,10 +413,12 @@ class Log:
         `to`: "earliest", "latest", an offset (applied to each partition,
         clamped to its log start..log end), or a datetime / ms timestamp (the
         first message at or after it). Messages in flight are delivered again.
-        Raises UnknownGroupError, UnknownTopicError, InvalidArgumentError.
+        A group that does not exist yet is created at that position, as
+        Kafka's offset reset tool does. Raises UnknownTopicError and
+        InvalidArgumentError.
         """
         target = self._topic(topic)
-        group = await self.group(name, create=False)
+        group = await self.group(name)
         for number, partition in enumerate(target.partitions):
             offset = await _reset_target(partition, to)
             await group.reset(topic, number, offset)

@@ -1,6 +1,6 @@
 """Topics: their settings, their partitions and the choice of partition for a message.
 
-A topic lives in `<data dir>/topics/<name>/`: `topic.json` holds its
+A topic lives in `<data dir>/topics/<name>/`: `topic.json` contains its
 settings and each partition is a subdirectory named by its number.
 """
 

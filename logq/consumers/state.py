@@ -44,6 +44,15 @@ class PartitionState:
         if offset >= self.cursor:
             self.cursor = offset + 1
 
+    def is_done(self, offset: int) -> bool:
+        """Return True when `offset` is below the committed offset or acked."""
+        return offset < self.committed or offset in self.done
+
+    def pass_over(self, offset: int) -> None:
+        """Move the cursor past `offset` without delivering it (it is done already)."""
+        if offset >= self.cursor:
+            self.cursor = offset + 1
+
     def skip_to(self, offset: int) -> None:
         """Move the cursor past offsets that no longer exist (removed by retention)."""
         if offset > self.cursor:
@@ -69,6 +78,8 @@ class PartitionState:
         while self.committed in self.done:
             self.done.remove(self.committed)
             self.committed += 1
+        if self.cursor < self.committed:
+            self.cursor = self.committed
         return True
 
     def release(self, owner: int) -> int:
