@@ -6,6 +6,7 @@ Layout of a data directory:
     topics/<topic>/topic.json  settings of a topic
     topics/<topic>/<n>/        partition n: segments and indexes
     groups/<group>/            journal and snapshot of a consumer group
+    staging/                   topics being created or deleted; emptied on open
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ class Log:
     def _groups_dir(self) -> Path:
         return self.path / "groups"
 
+    @property
+    def _staging_dir(self) -> Path:
+        return self.path / "staging"
+
     async def _open(self) -> Log:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -114,6 +119,7 @@ class Log:
         try:
             self._topics_dir.mkdir(exist_ok=True)
             self._groups_dir.mkdir(exist_ok=True)
+            self._empty_staging()
             for directory in sorted(self._topics_dir.iterdir()):
                 if directory.is_dir():
                     self._topics[directory.name] = await Topic.open(directory.name, directory)
@@ -124,18 +130,28 @@ class Log:
         logger.info("opened data directory %s with %d topics", self.path, len(self._topics))
         return self
 
+    def _empty_staging(self) -> None:
+        """Remove topic directories left half created or half deleted by a crash."""
+        if self._staging_dir.exists():
+            for leftover in self._staging_dir.iterdir():
+                logger.warning("removing %s, left by an interrupted topic create or delete", leftover)
+                shutil.rmtree(leftover)
+
     async def close(self) -> None:
-        """Close consumers, groups and topics, flushing everything written. Safe to call twice."""
+        """Close consumers, groups and topics, flushing everything written. Safe to call twice.
+
+        Open consumers are closed first, so auto-ack still commits what they returned.
+        """
         if self.closed:
             return
+        for consumer in list(self._consumers):
+            await consumer.close()
         self.closed = True
         await self._close_all()
         logger.info("closed data directory %s", self.path)
 
     async def _close_all(self) -> None:
         try:
-            for consumer in list(self._consumers):
-                await consumer.close()
             for group in self._groups.values():
                 await group.close()
             for topic in self._topics.values():
@@ -174,7 +190,9 @@ class Log:
         config = TopicConfig(**settings)
         if name in self._topics or (self._topics_dir / name).exists():
             raise TopicExistsError(f"topic {name!r} already exists; delete it first or pick another name")
-        self._topics[name] = await Topic.create(name, self._topics_dir / name, config)
+        self._topics[name] = await Topic.create(
+            name, self._topics_dir / name, config, staging=self._staging_dir / f"create-{name}"
+        )
         return self.describe_topic(name)
 
     def list_topics(self) -> list[str]:
@@ -205,7 +223,13 @@ class Log:
             await consumer.close()
         del self._topics[name]
         await topic.close()
-        shutil.rmtree(topic.directory)
+        # Renaming first makes the delete atomic: a crash leaves the whole
+        # topic or nothing, and the next open empties the staging directory.
+        doomed = self._staging_dir / f"delete-{name}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        self._staging_dir.mkdir(exist_ok=True)
+        topic.directory.rename(doomed)
+        shutil.rmtree(doomed)
         logger.info("deleted topic %s", name)
 
     def _topic(self, name: str) -> Topic:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import shutil
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -19,7 +20,7 @@ import orjson
 
 from logq.errors import InvalidConfigError, StorageError
 from logq.segments import CODEC_NAMES, LogConfig, PartitionLog, RecordInput
-from logq.segments.files import write_file_atomically
+from logq.segments.files import fsync_directory, write_file_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +121,17 @@ class Topic:
         self._appended = asyncio.Event()
 
     @classmethod
-    async def create(cls, name: str, directory: Path, config: TopicConfig) -> Topic:
-        """Create the topic's directory and settings file, then open it."""
-        directory.mkdir(parents=True)
-        write_file_atomically(directory / CONFIG_FILE_NAME, config.to_json())
+    async def create(cls, name: str, directory: Path, config: TopicConfig, *, staging: Path) -> Topic:
+        """Create the topic's directory and settings file, then open it.
+
+        The directory is prepared under `staging` and renamed into place, so a
+        crash never leaves a topic directory without its settings file.
+        """
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write_file_atomically(staging / CONFIG_FILE_NAME, config.to_json())
+        staging.rename(directory)
+        fsync_directory(directory.parent)
         logger.info("created topic %s with %d partitions", name, config.partitions)
         return await cls.open(name, directory)
 

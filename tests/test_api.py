@@ -367,3 +367,24 @@ async def test_ack_of_foreign_message_raises(data_dir: Path) -> None:
         replayed = [m async for m in log.replay("t")]
         with pytest.raises(logq.InvalidArgumentError, match="without a group"):
             await replayed[0].ack()
+
+
+async def test_log_close_commits_auto_acks(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.send_batch("t", list(range(5)))
+        consumer = log.consumer("t", group="g")
+        assert len(await consumer.receive(5)) == 5
+    async with logq.open(data_dir) as log:
+        [row] = await log.describe_group("g")
+        assert row.committed_offset == 5
+
+
+async def test_interrupted_create_is_cleaned(data_dir: Path) -> None:
+    leftover = data_dir / "staging" / "create-t"
+    leftover.mkdir(parents=True)
+    (leftover / "topic.json").write_bytes(b"{}")
+    async with logq.open(data_dir) as log:
+        assert log.list_topics() == []
+        assert not leftover.exists()
+        await log.create_topic("t")
+        assert log.list_topics() == ["t"]
