@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from logq.consumers import Group, PartitionState
 from logq.errors import ClosedError, InvalidArgumentError
 from logq.message import Message
+from logq.segments import Record
 from logq.topics import Topic
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ class Consumer:
         self._next_partition = 0
         self._returned: list[Message] = []
         self._buffer: deque[Message] = deque()
+        # Records read from a partition beyond what the last receive needed,
+        # so the next receive does not read and decode the same batches again.
+        self._read_ahead: defaultdict[int, deque[Record]] = defaultdict(deque)
 
     @property
     def topic(self) -> str:
@@ -160,13 +164,17 @@ class Consumer:
             await self._redeliver(number, state, offset) for offset in state.next_released(limit)
         ]
         messages = [message for message in messages if message is not None]
+        read_ahead = self._read_ahead[number]
         while len(messages) < limit and state.cursor < partition.high_watermark:
-            records = await partition.read(state.cursor, max_bytes=READ_BYTES)
-            if not records:
-                break
-            for record in records:
-                if len(messages) >= limit:
+            if not read_ahead or read_ahead[0].offset > state.cursor:
+                read_ahead.clear()
+                read_ahead.extend(await partition.read(state.cursor, max_bytes=READ_BYTES))
+                if not read_ahead:
                     break
+            while read_ahead and len(messages) < limit:
+                record = read_ahead.popleft()
+                if record.offset < state.cursor:
+                    continue  # another consumer of the group delivered it
                 if state.is_done(record.offset):
                     state.pass_over(record.offset)
                     continue
@@ -182,8 +190,8 @@ class Consumer:
         state.deliver(offset, self._id)
         return self._message(number, record)
 
-    def _message(self, number: int, record: object) -> Message:
-        return Message.from_record(self._topic.name, number, record, group=self._group_name, consumer=self)  # type: ignore[arg-type]
+    def _message(self, number: int, record: Record) -> Message:
+        return Message.from_record(self._topic.name, number, record, group=self._group_name, consumer=self)
 
     async def ack(self, messages: Message | Iterable[Message]) -> int:
         """Mark messages done for this group; return how many were not done before.
@@ -223,6 +231,7 @@ class Consumer:
         finally:
             self._returned = []
             self._buffer.clear()
+            self._read_ahead.clear()
             released = 0 if self._group_state is None else self._group_state.release(self._id)
             if released:
                 logger.info("consumer %d of group %s closed; %d unacked messages go back to the group",
