@@ -40,6 +40,7 @@ from logq.topics import Topic, TopicConfig
 logger = logging.getLogger(__name__)
 
 MAX_PRIORITY = 255
+MAX_HEADERS = 0xFFFF  # the record format stores the header count as uint16
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +482,8 @@ def _check_headers(headers: Headers | None) -> tuple[tuple[str, str], ...]:
         return ()
     if not isinstance(headers, dict):
         raise InvalidArgumentError(f"headers must be a dict of str to str, got {type(headers).__name__}")
+    if len(headers) > MAX_HEADERS:
+        raise InvalidArgumentError(f"a message has {len(headers)} headers, the maximum is {MAX_HEADERS}")
     for name, text in headers.items():
         if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 0xFFFF:
             raise InvalidArgumentError(f"header name {name!r} must be a non-empty str of at most 65535 bytes")
@@ -497,7 +500,8 @@ def _check_priority(priority: int) -> None:
 
 
 def _check_size(record: RecordInput, topic: Topic) -> None:
-    size = len(record.value) + len(record.key or b"") + sum(len(n) + len(v) for n, v in record.headers)
+    header_bytes = sum(len(name.encode("utf-8")) + len(text.encode("utf-8")) for name, text in record.headers)
+    size = len(record.value) + len(record.key or b"") + header_bytes
     limit = topic.config.max_message_bytes
     if size > limit:
         raise MessageTooLargeError(

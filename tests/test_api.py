@@ -261,6 +261,8 @@ BAD_SENDS = [
     ({"priority": True}, logq.InvalidArgumentError, "0 to 255"),
     ({"partition": 3}, logq.InvalidArgumentError, "use 0..0"),
     ({"value": b"x" * 2000}, logq.MessageTooLargeError, "max message size"),
+    ({"headers": {"é" * 300: "ü" * 250}}, logq.MessageTooLargeError, "message of 1103 bytes"),
+    ({"headers": {f"h{i}": "" for i in range(70_000)}}, logq.InvalidArgumentError, "maximum is 65535"),
 ]
 
 

@@ -26,6 +26,7 @@ Each record is an 18-byte header followed by its variable parts:
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,8 +58,24 @@ COUNT_U16 = struct.Struct(">H")
 # trusting it would make the reader allocate gigabytes.
 MAX_BATCH_BYTES: Final = 256 * 1024 * 1024
 
-_zstd_compressor = zstandard.ZstdCompressor(level=3)
-_zstd_decompressor = zstandard.ZstdDecompressor()
+# python-zstandard (0.25) documents its contexts as unsafe to share between
+# threads, and a shared decompressor crashed the interpreter under concurrent
+# reads. Reads decode batches in worker threads, so each thread keeps its own.
+_zstd_contexts = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    compressor = getattr(_zstd_contexts, "compressor", None)
+    if compressor is None:
+        compressor = _zstd_contexts.compressor = zstandard.ZstdCompressor(level=3)
+    return compressor
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    decompressor = getattr(_zstd_contexts, "decompressor", None)
+    if decompressor is None:
+        decompressor = _zstd_contexts.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +184,7 @@ def encode_batch(
         _encode_record(body, delta, 0, record)
     payload = b"".join(body)
     if codec == CODEC_ZSTD:
-        payload = _zstd_compressor.compress(payload)
+        payload = _zstd_compressor().compress(payload)
     after_crc = (
         struct.pack(">biqq", codec, len(records), timestamp_ms, timestamp_ms) + payload
     )
@@ -231,8 +248,9 @@ def decode_records(buffer: bytes | memoryview, position: int, header: BatchHeade
     payload = bytes(memoryview(buffer)[position + HEADER_SIZE : position + header.size])
     if header.codec == CODEC_ZSTD:
         try:
-            payload = _zstd_decompressor.decompress(payload)
-        except zstandard.ZstdError as exc:
+            payload = _zstd_decompressor().decompress(payload)
+        # A damaged frame header can declare a content size too large to allocate.
+        except (zstandard.ZstdError, MemoryError) as exc:
             raise CorruptRecordError(
                 f"batch at position {position} (base offset {header.base_offset}) "
                 f"does not decompress: {exc}"
@@ -282,7 +300,7 @@ def _decode_payload(payload: bytes, header: BatchHeader) -> list[Record]:
         value = payload[cursor : cursor + value_length]
         cursor += value_length
         if cursor != end:
-            raise IndexError(f"record ends at payload byte {cursor}, its length says {end}")
+            raise IndexError(f"record ends at payload byte {cursor}, its length field gives {end}")
         records.append(
             Record(
                 offset=header.base_offset + offset_delta,

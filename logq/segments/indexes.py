@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import struct
+import threading
 from pathlib import Path
 
 from logq.errors import CorruptIndexError
@@ -26,6 +27,20 @@ logger = logging.getLogger(__name__)
 
 OFFSET_ENTRY = struct.Struct(">II")
 TIME_ENTRY = struct.Struct(">qI")
+
+
+def _write_pending(path: Path, unwritten: list[bytes], lock: threading.Lock) -> None:
+    """Append `unwritten` to the file at `path` and empty it.
+
+    The lock stays held through the write, so an entry added meanwhile waits
+    for the next call instead of being cleared unwritten, and two concurrent
+    calls cannot write the same entries twice or out of order.
+    """
+    with lock:
+        if unwritten:
+            with open(path, "ab") as handle:
+                handle.write(b"".join(unwritten))
+            unwritten.clear()
 
 
 class OffsetIndex:
@@ -42,12 +57,18 @@ class OffsetIndex:
         self.offsets: list[int] = []
         self.positions: list[int] = []
         self._unwritten: list[bytes] = []
+        # Held while `_unwritten` changes or goes to the file, because a flush
+        # writes pending entries in one thread while an append adds more in another.
+        self._unwritten_lock = threading.Lock()
 
     def append(self, offset: int, position: int) -> None:
         """Add an entry; offsets and positions must grow. Call under the append lock."""
-        self.offsets.append(offset)
+        # `lookup` may run in another thread and searches `offsets`, so that
+        # list grows last and every slot it finds already has a position.
         self.positions.append(position)
-        self._unwritten.append(OFFSET_ENTRY.pack(offset - self.base_offset, position))
+        self.offsets.append(offset)
+        with self._unwritten_lock:
+            self._unwritten.append(OFFSET_ENTRY.pack(offset - self.base_offset, position))
 
     def lookup(self, offset: int) -> int:
         """Return the position to start a scan for `offset` (0 if no entry is below it)."""
@@ -55,11 +76,8 @@ class OffsetIndex:
         return self.positions[slot] if slot >= 0 else 0
 
     def write_pending(self) -> None:
-        """Append the entries added since the last call to the index file."""
-        if self._unwritten:
-            with open(self.path, "ab") as handle:
-                handle.write(b"".join(self._unwritten))
-            self._unwritten.clear()
+        """Append the entries added since the last call to the index file. Safe from any thread."""
+        _write_pending(self.path, self._unwritten, self._unwritten_lock)
 
     def rewrite(self) -> None:
         """Replace the file with every entry in memory (after a rebuild)."""
@@ -118,14 +136,17 @@ class TimeIndex:
         self.timestamps: list[int] = []
         self.offsets: list[int] = []
         self._unwritten: list[bytes] = []
+        self._unwritten_lock = threading.Lock()
 
     def append(self, timestamp_ms: int, offset: int) -> None:
         """Add an entry unless the last entry already has this timestamp."""
         if self.timestamps and timestamp_ms <= self.timestamps[-1]:
             return
-        self.timestamps.append(timestamp_ms)
+        # `lookup` searches `timestamps`, so it grows last, as in OffsetIndex.append.
         self.offsets.append(offset)
-        self._unwritten.append(TIME_ENTRY.pack(timestamp_ms, offset - self.base_offset))
+        self.timestamps.append(timestamp_ms)
+        with self._unwritten_lock:
+            self._unwritten.append(TIME_ENTRY.pack(timestamp_ms, offset - self.base_offset))
 
     def lookup(self, timestamp_ms: int) -> int:
         """Return an offset at or before the first record with a timestamp >= `timestamp_ms`."""
@@ -138,11 +159,8 @@ class TimeIndex:
         return self.timestamps[-1] if self.timestamps else None
 
     def write_pending(self) -> None:
-        """Append the entries added since the last call to the index file."""
-        if self._unwritten:
-            with open(self.path, "ab") as handle:
-                handle.write(b"".join(self._unwritten))
-            self._unwritten.clear()
+        """Append the entries added since the last call to the index file. Safe from any thread."""
+        _write_pending(self.path, self._unwritten, self._unwritten_lock)
 
     def rewrite(self) -> None:
         """Replace the file with every entry in memory (after a rebuild)."""

@@ -325,10 +325,19 @@ class PartitionLog:
         self._data_event = asyncio.Event()
 
     async def wait_for_data(self, offset: int, timeout: float | None) -> bool:
-        """Wait until the high watermark passes `offset`; return False on timeout."""
+        """Wait until the high watermark passes `offset`; return False on timeout.
+
+        `timeout` is in seconds from the call, however often appends below
+        `offset` wake the wait; None waits without limit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self.high_watermark <= offset and not self._closed:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
             try:
-                await asyncio.wait_for(self._data_event.wait(), timeout)
+                await asyncio.wait_for(self._data_event.wait(), remaining)
             except TimeoutError:
                 return False
         return self.high_watermark > offset

@@ -25,17 +25,19 @@ from pathlib import Path
 
 from logq.errors import CorruptIndexError, CorruptRecordError
 from logq.segments import files
-from logq.segments.batch import HEADER_SIZE, BatchHeader, parse_header, verify_batch
+from logq.segments.batch import HEADER_SIZE, LENGTH_FIELD_END, MAGIC, BatchHeader, parse_header, verify_batch
 from logq.segments.segment import Segment
 
 logger = logging.getLogger(__name__)
 
 SCAN_CHUNK_BYTES = 1024 * 1024
+MAGIC_BYTE = bytes([MAGIC])
+MAGIC_POSITION = LENGTH_FIELD_END  # the magic byte directly follows the length field
 
 
 @dataclass
 class RecoveryReport:
-    """What recovery changed in one partition directory."""
+    """Changes that recovery made to one partition directory."""
 
     truncated_bytes: int = 0
     truncated_at: int | None = None
@@ -107,20 +109,27 @@ def _check_continuity(segment: Segment, header: BatchHeader, position: int) -> N
 
 
 def _valid_batch_follows(segment: Segment, position: int) -> bool:
-    """Return True when a CRC-valid batch starts right after the damaged one at `position`."""
-    head = segment.read(position, HEADER_SIZE)
-    try:
-        damaged = parse_header(head)
-    except CorruptRecordError:
-        return False
-    following = position + damaged.size
-    head = segment.read(following, HEADER_SIZE)
-    try:
-        header = parse_header(head)
-        verify_batch(segment.read(following, header.size), 0, header)
-    except CorruptRecordError:
-        return False
-    return True
+    """Return True when a CRC-valid batch starts anywhere after the damaged one at `position`.
+
+    Every later byte is a candidate start, because damage in the length or
+    magic field hides where the next batch begins. Only batches at or above the
+    expected next offset count, so a repeated older batch is still tail garbage.
+    NOTE: a torn batch whose value contains an encoded batch at a higher offset
+    looks like valid data after the damage, so open raises instead of truncating.
+    """
+    data = segment.read(position + 1, segment.file_size())
+    candidate = data.find(MAGIC_BYTE, MAGIC_POSITION)
+    while candidate != -1:
+        start = candidate - MAGIC_POSITION
+        try:
+            header = parse_header(data, start)
+            if header.base_offset >= segment.next_offset:
+                verify_batch(data, start, header)
+                return True
+        except CorruptRecordError:
+            pass
+        candidate = data.find(MAGIC_BYTE, candidate + 1)
+    return False
 
 
 def recover_active_segment(segment: Segment, report: RecoveryReport) -> None:
@@ -179,6 +188,12 @@ def _check_index_entries(segment: Segment) -> None:
     index = segment.offset_index
     if segment.size and not index.offsets:
         raise CorruptIndexError(f"{index.path.name}: empty for a segment of {segment.size} bytes")
+    # Without entries the segment has no max timestamp, which age retention
+    # and lookups by timestamp need.
+    if segment.size and not segment.time_index.offsets:
+        raise CorruptIndexError(
+            f"{segment.time_index.path.name}: empty for a segment of {segment.size} bytes"
+        )
     for slot in {0, len(index.offsets) - 1} if index.offsets else ():
         position = index.positions[slot]
         try:
