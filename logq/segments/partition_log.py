@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import logging
 import time
 from collections import deque
@@ -375,7 +376,7 @@ class PartitionLog:
             return None
         records: list[Record] = []
         size = 0
-        for data in list(self._tail.batches)[slot:]:
+        for data in itertools.islice(self._tail.batches, slot, None):
             header = parse_header(data)
             if header.base_offset >= end or (records and size + len(data) > max_bytes):
                 break
