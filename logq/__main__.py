@@ -2,4 +2,5 @@
 
 from logq.cli import app
 
-app(prog_name="logq")
+if __name__ == "__main__":
+    app(prog_name="logq")
