@@ -148,12 +148,14 @@ def write_during_appends(index: OffsetIndex | TimeIndex, append_one: Callable[[]
     """
     os.mkfifo(index.path)
     received = bytearray()
+    first_drained = threading.Event()
 
     def drain_twice() -> None:
         for pause in (0.2, 0.0):
             with open(index.path, "rb") as pipe:
                 time.sleep(pause)
                 received.extend(pipe.read())
+            first_drained.set()
 
     reader = threading.Thread(target=drain_twice, daemon=True)
     reader.start()
@@ -171,7 +173,10 @@ def write_during_appends(index: OffsetIndex | TimeIndex, append_one: Callable[[]
     stop.set()
     appender.join()
     # One more entry makes sure the second write opens the FIFO for the reader.
+    # The write must wait until the reader closed its first end: a writer that
+    # opens while that end is still open writes into a pipe about to be dropped.
     append_one()
+    assert first_drained.wait(10)
     index.write_pending()
     reader.join(timeout=10)
     return bytes(received)
