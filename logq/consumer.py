@@ -1,4 +1,4 @@
-"""Consumers: members of a consumer group that receive and ack a topic's messages."""
+"""Consumers: members of a consumer group that lease, ack, nack and reject a topic's messages."""
 
 from __future__ import annotations
 
@@ -9,57 +9,59 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
-from logq.consumers import Group, PartitionState
 from logq.errors import ClosedError, InvalidArgumentError
 from logq.message import Message
-from logq.segments import Record
 from logq.topics import Topic
 
 if TYPE_CHECKING:
+    from logq.delivery import GroupRuntime
     from logq.log import Log
 
 logger = logging.getLogger(__name__)
 
 StartPosition = Literal["earliest", "latest"]
 _consumer_ids = itertools.count(1)
-READ_BYTES = 1024 * 1024
+
+
+def _check_seconds(name: str, value: object, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InvalidArgumentError(f"{name} must be a number of seconds >= 0, got {value!r}")
 
 
 class Consumer:
     """One member of a consumer group reading one topic.
 
-    Every group sees every message of the topic; consumers of the same group
-    in this process share the messages, each delivered to one of them. A
-    message is done when it is acked; the committed offset moves over each
-    run of done offsets and is stored in the group journal.
+    Every group receives every message of the topic. Consumers of the same
+    group compete: each message is leased to one consumer at a time, for the
+    group's lease timeout. A message is done when it is acked or
+    dead-lettered; a nack, an expired lease or a closed consumer makes it
+    ready for redelivery, and after the group's max deliveries it goes to the
+    dead-letter topic.
 
-    With `auto_ack=True` (the default) the messages a consumer returned are
-    acked when it is asked for more and when it closes, which is the
-    "processed once you come back" rule of Kafka's auto-commit. With
-    `auto_ack=False`, call `ack`. Messages not acked when the consumer closes
-    are delivered again to the group, and after a restart everything from
-    the committed offset on is delivered again (at-least-once).
+    With `auto_ack=True` the messages a consumer returned are acked when it is
+    asked for more and when it closes (Kafka's auto-commit rule). With
+    `auto_ack=False` (the work-queue style), call `ack`, `nack` or `reject`.
 
     Use it as an async iterator (it waits for new messages forever) or call
     `receive`. Close it with `close` or `async with`.
     """
 
-    def __init__(self, log: Log, topic: Topic, group: str, *, auto_ack: bool, start: StartPosition) -> None:
+    def __init__(self, log: Log, topic: Topic, group: str, *, auto_ack: bool, start: StartPosition,
+                 prefetch: int = 10) -> None:
         self._log = log
         self._topic = topic
         self._group_name = group
-        self._group_state: Group | None = None
+        self._runtime: GroupRuntime | None = None
         self.auto_ack = auto_ack
         self.start = start
-        self._id = next(_consumer_ids)
-        self._joined = False
+        self.prefetch = prefetch
+        self.id = next(_consumer_ids)
         self._closed = False
         self._next_partition = 0
         self._returned: list[Message] = []
         self._buffer: deque[Message] = deque()
-        # Records read from a partition beyond what the last receive needed,
-        # so the next receive does not read and decode the same batches again.
-        self._read_ahead: defaultdict[int, deque[Record]] = defaultdict(deque)
 
     @property
     def topic(self) -> str:
@@ -70,11 +72,6 @@ class Consumer:
     def group(self) -> str:
         """Name of the consumer group."""
         return self._group_name
-
-    @property
-    def _group(self) -> Group:
-        assert self._group_state is not None, "the consumer has not joined its group yet"
-        return self._group_state
 
     async def __aenter__(self) -> Consumer:
         return self
@@ -89,42 +86,47 @@ class Consumer:
         while not self._buffer:
             if self._closed or self._log.closed:
                 raise StopAsyncIteration
-            self._buffer.extend(await self._receive(100, None, count_as_returned=False))
+            self._buffer.extend(await self._receive(self.prefetch, None, None, count_as_returned=False))
         message = self._buffer.popleft()
         if self.auto_ack:
             self._returned.append(message)
         return message
 
-    async def receive(self, max_messages: int = 100, *, timeout: float | None = 0.0) -> list[Message]:
-        """Return up to `max_messages` messages, waiting up to `timeout` seconds for the first.
+    async def receive(self, max_messages: int = 100, *, timeout: float | None = 0.0,
+                      lease: float | None = None) -> list[Message]:
+        """Lease and return up to `max_messages` messages, waiting up to `timeout` seconds for the first.
 
         `timeout=0` returns at once, possibly with an empty list; `None` waits
-        until a message arrives. A message appended while it waits wakes it at
-        once. Cancelling it loses nothing: messages taken for a cancelled call
-        are delivered again when the consumer closes.
-        Raises InvalidArgumentError for a bad count or timeout and ClosedError
-        after `close`.
+        until a message arrives. An append or a lease expiry wakes a waiting
+        receive at once. `lease` overrides the group's lease timeout, in
+        seconds. Messages leased by a receive that is cancelled midway become
+        ready again when this consumer closes or their lease expires.
+        Raises InvalidArgumentError for a bad count, timeout or lease and
+        ClosedError after `close`.
         """
         if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
             raise InvalidArgumentError(f"max_messages must be an int >= 1, got {max_messages!r}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-            raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        _check_seconds("timeout", timeout, allow_none=True)
+        _check_seconds("lease", lease, allow_none=True)
+        if lease is not None and lease <= 0:
+            raise InvalidArgumentError(f"lease must be a number of seconds > 0, got {lease!r}")
         taken = [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
         if taken:
             if self.auto_ack:
                 self._returned.extend(taken)
             return taken
-        return await self._receive(max_messages, timeout, count_as_returned=True)
+        return await self._receive(max_messages, timeout, lease, count_as_returned=True)
 
-    async def _receive(self, max_messages: int, timeout: float | None, *, count_as_returned: bool) -> list[Message]:
-        self._check_open()
-        await self._join()
+    async def _receive(self, max_messages: int, timeout: float | None, lease: float | None, *,
+                       count_as_returned: bool) -> list[Message]:
+        runtime = await self._join()
         if self.auto_ack and self._returned:
-            await self.ack(self._returned)
-            self._returned = []
+            returned, self._returned = self._returned, []
+            await self.ack(returned)
+        lease_seconds = runtime.group.config.lease_timeout if lease is None else lease
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            messages = await self._take(max_messages)
+            messages = await runtime.take(self, self._topic, self._partition_order(), max_messages, lease_seconds)
             if messages:
                 if self.auto_ack and count_as_returned:
                     self._returned.extend(messages)
@@ -132,110 +134,131 @@ class Consumer:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            await self._topic.wait_for_append(remaining)
+            await self._topic.wait_for_append(self._wait_time(runtime, remaining))
             self._check_open()
 
-    async def _join(self) -> None:
-        if self._joined:
-            return
-        self._group_state = await self._log.group(self._group_name)
-        for number, partition in enumerate(self._topic.partitions):
-            initial = partition.log_start_offset if self.start == "earliest" else partition.high_watermark
-            await self._group.join(self._topic.name, number, initial)
-        self._joined = True
+    def _wait_time(self, runtime: GroupRuntime, remaining: float | None) -> float | None:
+        """Cap a wait at the group's next lease deadline or delay end, when one is due sooner."""
+        timer = runtime.group.next_timer()
+        if timer is None:
+            return remaining
+        until_timer = max(0.0, timer - runtime.group.clock()) + 0.001
+        return until_timer if remaining is None else min(remaining, until_timer)
 
-    async def _take(self, limit: int) -> list[Message]:
-        """Take up to `limit` ready messages, visiting partitions round-robin."""
-        messages: list[Message] = []
+    def _partition_order(self) -> list[int]:
         count = len(self._topic.partitions)
-        for step in range(count):
-            if len(messages) >= limit:
-                break
-            number = (self._next_partition + step) % count
-            messages.extend(await self._take_from(number, limit - len(messages)))
+        order = [(self._next_partition + step) % count for step in range(count)]
         self._next_partition = (self._next_partition + 1) % count
-        return messages
+        return order
 
-    async def _take_from(self, number: int, limit: int) -> list[Message]:
-        partition = self._topic.partitions[number]
-        await self._group.skip_removed(self._topic.name, number, partition.log_start_offset)
-        state = self._group.states[(self._topic.name, number)]
-        messages = [
-            await self._redeliver(number, state, offset) for offset in state.next_released(limit)
-        ]
-        messages = [message for message in messages if message is not None]
-        read_ahead = self._read_ahead[number]
-        while len(messages) < limit and state.cursor < partition.high_watermark:
-            if not read_ahead or read_ahead[0].offset > state.cursor:
-                read_ahead.clear()
-                read_ahead.extend(await partition.read(state.cursor, max_bytes=READ_BYTES))
-                if not read_ahead:
-                    break
-            while read_ahead and len(messages) < limit:
-                record = read_ahead.popleft()
-                if record.offset < state.cursor:
-                    continue  # another consumer of the group delivered it
-                if state.is_done(record.offset):
-                    state.pass_over(record.offset)
-                    continue
-                state.deliver(record.offset, self._id)
-                messages.append(self._message(number, record))
-        return messages
+    async def _join(self) -> GroupRuntime:
+        self._check_open()
+        if self._runtime is None:
+            runtime = await self._log._runtime(self._group_name)
+            await runtime.join(self._topic, self.start)
+            self._runtime = runtime
+        return self._runtime
 
-    async def _redeliver(self, number: int, state: PartitionState, offset: int) -> Message | None:
-        records = await self._topic.partitions[number].read(offset, max_bytes=1)
-        record = next((record for record in records if record.offset == offset), None)
-        if record is None:
-            return None
-        state.deliver(offset, self._id)
-        return self._message(number, record)
+    async def peek(self, max_messages: int = 1) -> list[Message]:
+        """Return the messages the next receives would get, changing nothing.
 
-    def _message(self, number: int, record: Record) -> Message:
-        return Message.from_record(self._topic.name, number, record, group=self._group_name, consumer=self)
+        The messages carry no lease and cannot be acked.
+        """
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+            raise InvalidArgumentError(f"max_messages must be an int >= 1, got {max_messages!r}")
+        runtime = await self._join()
+        return await runtime.peek(self._topic, max_messages)
 
     async def ack(self, messages: Message | Iterable[Message]) -> int:
         """Mark messages done for this group; return how many were not done before.
 
-        Acking a done message is a no-op. Raises InvalidArgumentError for a
-        message of another topic or group and OffsetOutOfRangeError for an
+        Acking a done message is a no-op. Any consumer of the group may ack a
+        message, even after its lease expired. Raises InvalidArgumentError for
+        a message of another topic or group and OffsetOutOfRangeError for an
         offset that was never written.
         """
+        runtime = await self._join()
         if isinstance(messages, Message):
             messages = [messages]
         by_partition: dict[int, list[int]] = defaultdict(list)
         for message in messages:
-            if message.topic != self._topic.name or message.group != self._group_name:
-                raise InvalidArgumentError(
-                    f"message {message.topic}/{message.partition}@{message.offset} of group "
-                    f"{message.group!r} cannot be acked by a consumer of {self._topic.name!r} "
-                    f"in group {self._group_name!r}"
-                )
+            self._check_mine(message)
             by_partition[message.partition].append(message.offset)
         newly_done = 0
-        for number, offsets in by_partition.items():
-            log_end = self._topic.partitions[number].log_end_offset
-            newly_done += await self._group.ack(self._topic.name, number, offsets, log_end)
+        async with runtime.lock:
+            for number, offsets in by_partition.items():
+                log_end = self._topic.partitions[number].log_end_offset
+                newly_done += await runtime.group.ack(self._topic.name, number, offsets, log_end)
         return newly_done
 
-    async def close(self) -> None:
-        """Ack what auto-ack owes, return unacked messages to the group and detach.
+    async def ack_batch(self, messages: Iterable[Message]) -> int:
+        """Ack several messages with one journal write per partition; the same as `ack`."""
+        return await self.ack(messages)
 
-        Safe to call twice.
+    async def nack(self, message: Message, *, delay: float | None = None) -> None:
+        """Report a failed delivery; the message is redelivered after `delay` seconds.
+
+        `delay` None uses the group's retry policy (no delay by default). When
+        the message reached the group's max deliveries it goes to the
+        dead-letter topic instead. Raises LeaseError when this consumer no
+        longer holds the lease (it expired, or the message was acked).
+        """
+        runtime = await self._join()
+        self._check_mine(message)
+        await runtime.nack(message, self.id, delay)
+
+    async def extend(self, message: Message, *, seconds: float | None = None) -> float:
+        """Extend the lease to `seconds` from now (default: the group's lease timeout); return the deadline.
+
+        Raises LeaseError when this consumer no longer holds the lease.
+        """
+        runtime = await self._join()
+        self._check_mine(message)
+        _check_seconds("seconds", seconds, allow_none=True)
+        seconds = runtime.group.config.lease_timeout if seconds is None else seconds
+        async with runtime.lock:
+            return await runtime.group.extend(message.topic, message.partition, message.offset,
+                                              owner=self.id, seconds=seconds)
+
+    async def reject(self, message: Message, *, reason: str = "rejected") -> None:
+        """Send the message to the dead-letter topic at once, whatever its delivery count.
+
+        Raises LeaseError when this consumer no longer holds the lease.
+        """
+        runtime = await self._join()
+        self._check_mine(message)
+        await runtime.reject(message, self.id, reason)
+
+    def _check_mine(self, message: Message) -> None:
+        if message.topic != self._topic.name or message.group != self._group_name:
+            raise InvalidArgumentError(
+                f"message {message.topic}/{message.partition}@{message.offset} of group "
+                f"{message.group!r} cannot be handled by a consumer of {self._topic.name!r} "
+                f"in group {self._group_name!r}"
+            )
+
+    async def close(self) -> None:
+        """Ack what auto-ack owes, make unacked leases ready for redelivery, and detach.
+
+        Messages fetched for the iterator but never returned get their delivery
+        count back. Safe to call twice.
         """
         if self._closed:
             return
-        self._closed = True
         try:
             if self.auto_ack and self._returned and not self._log.closed:
                 await self.ack(self._returned)
         finally:
+            self._closed = True
+            unseen = {(m.topic, m.partition, m.offset) for m in self._buffer}
             self._returned = []
             self._buffer.clear()
-            self._read_ahead.clear()
-            released = 0 if self._group_state is None else self._group_state.release(self._id)
-            if released:
-                logger.info("consumer %d of group %s closed; %d unacked messages go back to the group",
-                            self._id, self._group_name, released)
+            if self._runtime is not None and not self._log.closed:
+                async with self._runtime.lock:
+                    released = await self._runtime.group.release(self.id, unseen=unseen)
+                if released:
+                    logger.info("consumer %d of group %s closed; %d unacked messages are ready again",
+                                self.id, self._group_name, released)
             self._log._forget_consumer(self)
 
     def _check_open(self) -> None:
@@ -243,4 +266,3 @@ class Consumer:
             raise ClosedError(f"consumer of group {self._group_name!r} on {self._topic.name!r} is closed")
         if self._log.closed:
             raise ClosedError("the log is closed; open it again to consume")
-

@@ -19,6 +19,7 @@ caller should do about them::
     │   └── UnknownGroupError
     ├── TopicExistsError             create of a topic that is already there
     ├── OffsetOutOfRangeError        read below the log start or above the log end
+    ├── LeaseError                   the message is not leased to this consumer
     ├── ClosedError                  use of a closed log or consumer
     └── LogqTimeoutError             also a built-in TimeoutError
 
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidConfigError",
     "InvalidNameError",
+    "LeaseError",
     "LogqError",
     "LogqTimeoutError",
     "MessageTooLargeError",
@@ -112,6 +114,10 @@ class TopicExistsError(LogqError):
 
 class OffsetOutOfRangeError(LogqError):
     """An offset lies below the log start offset or above the log end offset."""
+
+
+class LeaseError(LogqError):
+    """A nack, extend or lease-bound call on a message whose lease this consumer no longer holds."""
 
 
 class ClosedError(LogqError):

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Any
 
 from logq._types import Headers, Key, Value
 from logq.consumer import Consumer, StartPosition
-from logq.consumers import Group
+from logq import dead_letters
+from logq.consumers import Group, GroupConfig
+from logq.dead_letters import DeadLetter, RedriveReport
+from logq.delivery import GroupRuntime
 from logq.errors import (
     ClosedError,
     InvalidArgumentError,
@@ -71,7 +75,13 @@ class TopicInfo:
 
 @dataclass(frozen=True, slots=True)
 class GroupPartitionInfo:
-    """A group's position in one partition. `lag` is high watermark minus committed offset."""
+    """A group's position in one partition.
+
+    `lag` is high watermark minus committed offset. `in_flight` counts leased
+    messages, `waiting` those waiting for redelivery (ready or delayed),
+    `held` those held back by per-key ordering, and `dead_lettered` the
+    messages this group sent to its dead-letter topic.
+    """
 
     topic: str
     partition: int
@@ -79,6 +89,9 @@ class GroupPartitionInfo:
     high_watermark: int
     lag: int
     in_flight: int
+    waiting: int = 0
+    held: int = 0
+    dead_lettered: int = 0
 
 
 class Log:
@@ -89,13 +102,22 @@ class Log:
     that opened the log.
     """
 
-    def __init__(self, path: str | Path, *, auto_create_topics: bool = True, group_fsync: str = "interval") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        auto_create_topics: bool = True,
+        group_fsync: str = "interval",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path)
         self.auto_create_topics = auto_create_topics
         self.group_fsync = group_fsync
+        self.clock = clock
         self._lock = DataDirLock(self.path)
         self._topics: dict[str, Topic] = {}
         self._groups: dict[str, Group] = {}
+        self._runtimes: dict[str, GroupRuntime] = {}
         self._consumers: set[Consumer] = set()
         self.closed = True
 
@@ -159,6 +181,7 @@ class Log:
                 await topic.close()
         finally:
             self._groups.clear()
+            self._runtimes.clear()
             self._topics.clear()
             self._lock.release()
 
@@ -340,21 +363,30 @@ class Log:
     # -- consuming --------------------------------------------------------------------
 
     def consumer(
-        self, topic: str, *, group: str, auto_ack: bool = True, start: StartPosition = "earliest"
+        self,
+        topic: str,
+        *,
+        group: str,
+        auto_ack: bool = True,
+        start: StartPosition = "earliest",
+        prefetch: int = 10,
     ) -> Consumer:
         """Return a new consumer of `topic` in consumer group `group`.
 
         `start` sets where a group that never read the topic begins:
         "earliest" (the log start offset, the default) or "latest" (only
         messages sent from now on). A group that has read it before continues
-        at its committed offset. See `Consumer` for `auto_ack`.
+        at its committed offset. `prefetch`: messages the async iterator
+        leases at a time. See `Consumer` for `auto_ack`.
         Raises UnknownTopicError, InvalidNameError or InvalidArgumentError.
         """
         target = self._topic(topic)
         validate_name(group, "group")
         if start not in ("earliest", "latest"):
             raise InvalidArgumentError(f"invalid start {start!r}; use 'earliest' or 'latest'")
-        consumer = Consumer(self, target, group, auto_ack=auto_ack, start=start)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
+            raise InvalidArgumentError(f"prefetch must be an int from 1 to 10000, got {prefetch!r}")
+        consumer = Consumer(self, target, group, auto_ack=auto_ack, start=start, prefetch=prefetch)
         self._consumers.add(consumer)
         return consumer
 
@@ -370,9 +402,61 @@ class Log:
             directory = self._groups_dir / name
             if not create and not directory.exists():
                 raise UnknownGroupError(f"consumer group {name!r} does not exist; see `logq groups list`")
-            group = await Group.open(name, directory, fsync=self.group_fsync)
+            group = await Group.open(name, directory, fsync=self.group_fsync, clock=self.clock)
             self._groups[name] = group
         return group
+
+    async def _runtime(self, name: str) -> GroupRuntime:
+        """Return the delivery runtime of group `name`, shared by its consumers (internal)."""
+        runtime = self._runtimes.get(name)
+        if runtime is None:
+            runtime = GroupRuntime(self, await self.group(name))
+            self._runtimes[name] = runtime
+        return runtime
+
+    async def _dead_letter_topic(self, name: str) -> Topic:
+        """Return the dead-letter topic `name`, creating it with default settings (internal)."""
+        if name not in self._topics:
+            await self.create_topic(name)
+        return self._topics[name]
+
+    async def configure_group(self, name: str, **settings: Any) -> GroupConfig:
+        """Change a group's settings (the fields of `GroupConfig`) and return them all.
+
+        Creates the group if it does not exist. The settings are stored and
+        apply to every consumer of the group from the next receive on.
+        Raises InvalidConfigError for an unknown setting or a bad value.
+        """
+        group = await self.group(name)
+        return await group.configure(**settings)
+
+    async def group_config(self, name: str) -> GroupConfig:
+        """Return a group's settings; raises UnknownGroupError."""
+        return (await self.group(name, create=False)).config
+
+    async def peek(self, topic: str, *, group: str, max_messages: int = 1) -> list[Message]:
+        """Return what the group's next receives would get, changing nothing."""
+        consumer = self.consumer(topic, group=group)
+        try:
+            return await consumer.peek(max_messages)
+        finally:
+            await consumer.close()
+
+    async def dead_letters(self, topic: str, *, group: str) -> list[DeadLetter]:
+        """List the dead letters that `group` produced for `topic`, oldest first."""
+        return await dead_letters.list_dead_letters(self, topic, group)
+
+    async def redrive(self, topic: str, *, group: str, offsets: Iterable[int] | None = None) -> RedriveReport:
+        """Make dead letters ready again in the group that failed them; see `RedriveReport`.
+
+        `offsets`: offsets in the dead-letter topic (all not yet redriven when None).
+        Other groups are not affected: they neither see the message again nor a copy.
+        """
+        return await dead_letters.redrive(self, topic, group, offsets)
+
+    async def purge_dead_letters(self, topic: str, *, group: str) -> int:
+        """Delete the group's dead-letter topic for `topic`; return how many dead letters it had."""
+        return await dead_letters.purge(self, topic, group)
 
     def replay(
         self,
@@ -409,7 +493,7 @@ class Log:
         return sorted(path.name for path in self._groups_dir.iterdir() if path.is_dir())
 
     async def describe_group(self, name: str) -> list[GroupPartitionInfo]:
-        """Return a group's committed offset, lag and in-flight count per partition it reads.
+        """Return a group's committed offset, lag and delivery counts per partition it reads.
 
         Raises UnknownGroupError.
         """
@@ -427,7 +511,10 @@ class Log:
                     committed_offset=state.committed,
                     high_watermark=high_watermark,
                     lag=max(0, high_watermark - state.committed),
-                    in_flight=len(state.in_flight),
+                    in_flight=state.in_flight(),
+                    waiting=state.waiting(),
+                    held=state.held_count(),
+                    dead_lettered=group.dead_lettered.get((topic_name, number), 0),
                 )
             )
         return rows
@@ -527,16 +614,24 @@ class _Opener:
         await self._log.close()
 
 
-def open(path: str | Path, *, auto_create_topics: bool = True, group_fsync: str = "interval") -> _Opener:  # noqa: A001
+def open(  # noqa: A001
+    path: str | Path,
+    *,
+    auto_create_topics: bool = True,
+    group_fsync: str = "interval",
+    clock: Callable[[], float] = time.time,
+) -> _Opener:
     """Open (creating if needed) the data directory at `path`.
 
     Use `async with logq.open(path) as log:` or `log = await logq.open(path)`.
     `auto_create_topics`: `send` creates a missing topic with default settings.
     `group_fsync`: fsync mode of group journals ("always", "interval" or
     "never"); "interval" may forget the last ~200 ms of acks on a power
-    failure, which causes redelivery, never loss.
+    failure, which causes redelivery, never loss. `clock`: the time source
+    for leases and retry delays, in seconds since the epoch; tests pass a
+    fake one.
     Raises DataDirLockedError when another process owns the directory.
     """
     if group_fsync not in ("always", "interval", "never"):
         raise InvalidArgumentError(f"invalid group_fsync {group_fsync!r}; use 'always', 'interval' or 'never'")
-    return _Opener(Log(path, auto_create_topics=auto_create_topics, group_fsync=group_fsync))
+    return _Opener(Log(path, auto_create_topics=auto_create_topics, group_fsync=group_fsync, clock=clock))

@@ -42,7 +42,9 @@ class Message:
     `value` is the decoded value: the bytes that were sent, or the Python value
     that was sent as JSON. `raw_value` is always the stored bytes.
     `timestamp_ms` is the append time in ms since the Unix epoch. `group` is
-    None for messages read by `Log.replay`.
+    None for messages read by `Log.replay`. `delivery_count` counts this
+    delivery (the first is 1; 0 for replay and peek), and `lease_deadline` is
+    when the lease ends, in seconds since the epoch (None without a lease).
     """
 
     topic: str
@@ -55,11 +57,21 @@ class Message:
     raw_value: bytes
     is_json: bool
     group: str | None = None
+    delivery_count: int = 0
+    lease_deadline: float | None = None
     _consumer: Consumer | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_record(
-        cls, topic: str, partition: int, record: Record, *, group: str | None = None, consumer: Consumer | None = None
+        cls,
+        topic: str,
+        partition: int,
+        record: Record,
+        *,
+        group: str | None = None,
+        consumer: Consumer | None = None,
+        delivery_count: int = 0,
+        lease_deadline: float | None = None,
     ) -> Message:
         """Build a message from a decoded record."""
         return cls(
@@ -73,6 +85,8 @@ class Message:
             raw_value=record.value,
             is_json=bool(record.flags & FLAG_JSON),
             group=group,
+            delivery_count=delivery_count,
+            lease_deadline=lease_deadline,
             _consumer=consumer,
         )
 
@@ -88,15 +102,26 @@ class Message:
         """The append time as an aware UTC datetime."""
         return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
 
-    async def ack(self) -> None:
-        """Mark the message done for its group (see `Consumer.ack`).
-
-        Raises InvalidArgumentError for a message that came from a replay,
-        which has no group to acknowledge to.
-        """
+    def _require_consumer(self) -> Consumer:
         if self._consumer is None:
             raise InvalidArgumentError(
-                f"message {self.topic}/{self.partition}@{self.offset} was read without a group; "
-                "only messages from a consumer can be acked"
+                f"message {self.topic}/{self.partition}@{self.offset} was read without a consumer "
+                "(replay or peek); only messages from Consumer.receive can be acked, nacked or rejected"
             )
-        await self._consumer.ack(self)
+        return self._consumer
+
+    async def ack(self) -> None:
+        """Mark the message done for its group; acking twice is a no-op (see `Consumer.ack`)."""
+        await self._require_consumer().ack(self)
+
+    async def nack(self, delay: float | None = None) -> None:
+        """Report a failed delivery; the group redelivers it after `delay` seconds (see `Consumer.nack`)."""
+        await self._require_consumer().nack(self, delay=delay)
+
+    async def extend(self, seconds: float | None = None) -> float:
+        """Keep the lease for `seconds` more from now; return the new deadline (see `Consumer.extend`)."""
+        return await self._require_consumer().extend(self, seconds=seconds)
+
+    async def reject(self, reason: str = "rejected") -> None:
+        """Send the message to the dead-letter topic at once (see `Consumer.reject`)."""
+        await self._require_consumer().reject(self, reason=reason)

@@ -19,6 +19,7 @@ from typing import Any, Final
 import orjson
 
 from logq.errors import InvalidConfigError, StorageError
+from logq.consumers import PriorityIndex
 from logq.segments import CODEC_NAMES, LogConfig, PartitionLog, RecordInput
 from logq.segments.files import fsync_directory, write_file_atomically
 
@@ -28,6 +29,9 @@ CONFIG_FILE_NAME: Final = "topic.json"
 MAX_PARTITIONS: Final = 1024
 MIN_SEGMENT_BYTES: Final = 4096
 FSYNC_MODES: Final = ("always", "interval", "never")
+# Priority index entries written per flush. The index catches up from the log
+# on open, so this bounds the records a reopen after a crash reads again.
+PRIORITY_FLUSH_ENTRIES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +116,20 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 class Topic:
     """An open topic: its settings and one `PartitionLog` per partition."""
 
-    def __init__(self, name: str, directory: Path, config: TopicConfig, partitions: list[PartitionLog]) -> None:
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        config: TopicConfig,
+        partitions: list[PartitionLog],
+        priority_indexes: list[PriorityIndex],
+    ) -> None:
         self.name = name
         self.directory = directory
         self.config = config
         self.partitions = partitions
+        self.priority_indexes = priority_indexes
+        self._unflushed_priorities = [0] * len(partitions)
         self._round_robin = itertools.cycle(range(config.partitions))
         self._appended = asyncio.Event()
 
@@ -147,10 +160,13 @@ class Topic:
         partitions = [
             await PartitionLog.open(directory / str(number), log_config) for number in range(config.partitions)
         ]
-        return cls(name, directory, config, partitions)
+        indexes = [await PriorityIndex.open(partition) for partition in partitions]
+        return cls(name, directory, config, partitions, indexes)
 
     async def close(self) -> None:
         """Close every partition (flushing it) and wake waiting readers."""
+        for index in self.priority_indexes:
+            await index.close()
         for partition in self.partitions:
             await partition.close()
         self.notify_readers()
@@ -163,7 +179,21 @@ class Topic:
 
     async def append(self, partition: int, records: Sequence[RecordInput]) -> int:
         """Append `records` to one partition as a batch and return the first offset."""
-        base_offset, _ = await self.partitions[partition].append(records)
+        index = self.priority_indexes[partition]
+        urgent = [(delta, record.priority) for delta, record in enumerate(records) if record.priority]
+
+        def index_priorities(base_offset: int) -> None:
+            for delta, priority in urgent:
+                index.add(base_offset + delta, priority)
+
+        base_offset, _ = await self.partitions[partition].append(
+            records, on_written=index_priorities if urgent else None
+        )
+        if urgent:
+            self._unflushed_priorities[partition] += len(urgent)
+            if self._unflushed_priorities[partition] >= PRIORITY_FLUSH_ENTRIES:
+                self._unflushed_priorities[partition] = 0
+                await index.flush()
         self.notify_readers()
         return base_offset
 

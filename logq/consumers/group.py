@@ -1,102 +1,403 @@
-"""A consumer group: its delivery state per partition, persisted by its journal."""
+"""A consumer group: its delivery state per partition, rebuilt from its journal.
+
+Every change to the state is an event. A live change applies the event to the
+in-memory state and appends it to the journal in the same step (no await in
+between), so the journal order is the order in which changes happened, and
+replaying the journal after a crash rebuilds the same state.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from logq.consumers.journal import GroupJournal, OffsetEvent
-from logq.consumers.state import PartitionState
+from logq.consumers.config import CONFIG_FILE_NAME, GroupConfig
+from logq.consumers.journal import Event, GroupJournal
+from logq.consumers.state import DeliveryState, PartitionState, Pending
+from logq.errors import OffsetOutOfRangeError
+from logq.segments.files import write_file_atomically
 
 logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+PartitionKey = tuple[str, int]
+
+
+def _key_text(key: bytes | None) -> str | None:
+    return None if key is None else key.hex()
+
+
+def _key_bytes(text: str | None) -> bytes | None:
+    return None if text is None else bytes.fromhex(text)
 
 
 class Group:
     """The state of one consumer group across the partitions it reads.
 
-    Committed offsets are durable through the journal; in-flight deliveries
-    and out-of-order acks live in memory only, so after a restart everything
-    from the committed offset on is delivered again (at-least-once).
-    Coroutines here are safe from any task of the event loop.
+    Coroutines here are safe from any task of the event loop that opened it.
     """
 
-    def __init__(self, name: str, directory: Path, journal: GroupJournal, committed: dict[tuple[str, int], int]) -> None:
+    def __init__(self, name: str, directory: Path, journal: GroupJournal, config: GroupConfig, clock: Clock) -> None:
         self.name = name
         self.directory = directory
         self.journal = journal
-        self.states = {key: PartitionState(committed=offset) for key, offset in committed.items()}
-        self._lock = asyncio.Lock()
+        self.config = config
+        self.clock = clock
+        self.states: dict[PartitionKey, PartitionState] = {}
+        self.dead_lettered: dict[PartitionKey, int] = {}
+        self.redriven: set[tuple[str, int]] = set()  # (dead-letter topic, dead-letter offset)
+        self.lost_consumer = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.on_timer: Callable[[], None] | None = None
+
+    # -- opening, replay and snapshots -------------------------------------------------
 
     @classmethod
-    async def open(cls, name: str, directory: Path, *, fsync: str = "interval") -> Group:
-        """Open or create the group stored in `directory`."""
-        journal, committed = await GroupJournal.open(directory, fsync=fsync)
-        return cls(name, directory, journal, committed)
+    async def open(cls, name: str, directory: Path, *, fsync: str = "interval", clock: Clock = time.time) -> Group:
+        """Open or create the group in `directory`, replaying its snapshot and journal.
 
-    def committed_offsets(self) -> dict[tuple[str, int], int]:
-        """Committed offset per (topic, partition)."""
-        return {key: state.committed for key, state in self.states.items()}
+        Messages that were leased when the previous process stopped count as
+        failed deliveries ("consumer lost") and become ready at once.
+        """
+        journal, snapshot, events = await GroupJournal.open(directory, fsync=fsync)
+        group = cls(name, directory, journal, GroupConfig.load(directory), clock)
+        if snapshot is not None:
+            group._restore(snapshot)
+        for event in events:
+            group._apply(event)
+        await group._fail_orphaned_leases()
+        return group
+
+    def _restore(self, snapshot: Event) -> None:
+        for item in snapshot.get("partitions", []):
+            state = PartitionState(committed=item["committed"])
+            for start, end in item.get("done", []):
+                state.done.add_range(start, end)
+            for offset, priority, key, status, count, deadline, first, last, reason in item.get("pending", []):
+                entry = Pending(
+                    offset=offset, priority=priority, key=_key_bytes(key), state=DeliveryState(status),
+                    delivery_count=count, deadline=deadline, first_failure=first, last_failure=last,
+                    last_reason=reason,
+                )
+                state.pending[offset] = entry
+                self._requeue(state, entry)
+            partition = (item["topic"], item["partition"])
+            self.states[partition] = state
+            self.dead_lettered[partition] = item.get("dead_lettered", 0)
+        self.redriven = {(topic, offset) for topic, offset in snapshot.get("redriven", [])}
+
+    def _requeue(self, state: PartitionState, entry: Pending) -> None:
+        """Put a restored entry on the heap its state belongs to."""
+        if entry.state is DeliveryState.READY:
+            heapq.heappush(state.ready, (-entry.priority, entry.offset))
+        elif entry.state is DeliveryState.DELAYED and entry.deadline is not None:
+            heapq.heappush(state.delayed, (entry.deadline, entry.offset))
+        elif entry.state is DeliveryState.LEASED and entry.deadline is not None:
+            heapq.heappush(state.leases, (entry.deadline, entry.offset))
+        if self.config.key_ordering and entry.key is not None:
+            state.busy_keys[entry.key] = entry.offset
+
+    def snapshot_state(self) -> Event:
+        """Return the whole state as the JSON-ready body of a snapshot."""
+        partitions = []
+        for (topic, number), state in sorted(self.states.items()):
+            pending = [
+                [e.offset, e.priority, _key_text(e.key), e.state.value, e.delivery_count, e.deadline,
+                 e.first_failure, e.last_failure, e.last_reason]
+                for e in sorted(state.pending.values(), key=lambda entry: entry.offset)
+            ]
+            partitions.append({
+                "topic": topic, "partition": number, "committed": state.committed,
+                "done": state.done.ranges(), "pending": pending,
+                "dead_lettered": self.dead_lettered.get((topic, number), 0),
+            })
+        return {"partitions": partitions, "redriven": sorted(self.redriven)}
+
+    async def _fail_orphaned_leases(self) -> None:
+        now = self.clock()
+        events = []
+        for (topic, number), state in self.states.items():
+            for entry in [e for e in state.pending.values() if e.state is DeliveryState.LEASED]:
+                events.append(self._fail_event(topic, number, entry, now, delay=0.0, reason="consumer lost"))
+        if events:
+            logger.warning("group %s: %d messages were leased when the previous process stopped; "
+                           "they count as failed deliveries and become ready", self.name, len(events))
+            await self._commit(events)
+
+    async def close(self) -> None:
+        """Snapshot the state, so the next open replays nothing, and close the journal."""
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.journal.snapshot(self.snapshot_state())
+        await self.journal.close()
+
+    async def configure(self, **changes: Any) -> GroupConfig:
+        """Change and store the group's settings; see GroupConfig. Returns the new settings."""
+        config = self.config.with_changes(**changes)
+        await asyncio.to_thread(write_file_atomically, self.directory / CONFIG_FILE_NAME, config.to_json())
+        self.config = config
+        logger.info("group %s configured: %s", self.name, changes)
+        return config
+
+    # -- applying events -----------------------------------------------------------------
+
+    def _apply(self, event: Event) -> None:
+        """Apply one journal event to the in-memory state. Unknown event types are skipped."""
+        kind = event.get("event")
+        handler = getattr(self, f"_apply_{kind}", None)
+        if handler is None:
+            return
+        handler(event, self.states.get((event.get("topic"), event.get("partition"))))  # type: ignore[arg-type]
+
+    def _apply_reset(self, event: Event, state: PartitionState | None) -> None:
+        partition = (event["topic"], event["partition"])
+        if state is None:
+            self.states[partition] = PartitionState(committed=event["offset"])
+        else:
+            state.reset(event["offset"])
+
+    def _apply_commit(self, event: Event, state: PartitionState | None) -> None:
+        # Written by the first journal format: the committed offset after acks.
+        if state is None:
+            self.states[(event["topic"], event["partition"])] = PartitionState(committed=event["offset"])
+        else:
+            state.skip_to(event["offset"])
+
+    def _apply_deliver(self, event: Event, state: PartitionState | None) -> None:
+        if state is None:
+            return
+        for offset, priority, key in event["messages"]:
+            entry = state.pending.get(offset)
+            if state.is_done(offset) or (entry is not None and entry.state is not DeliveryState.READY):
+                continue
+            state.lease(offset, priority=priority, key=_key_bytes(key), owner=0,
+                        deadline=event["deadline"], key_ordering=self.config.key_ordering)
+
+    def _apply_ack(self, event: Event, state: PartitionState | None) -> None:
+        if state is None:
+            return
+        for start, end in event["ranges"]:
+            for offset in range(start, end):
+                state.ack(offset, math.inf)  # type: ignore[arg-type]
+
+    def _apply_fail(self, event: Event, state: PartitionState | None) -> None:
+        entry = None if state is None else state.pending.get(event["offset"])
+        if state is not None and entry is not None and entry.state is DeliveryState.LEASED:
+            state.fail(event["offset"], now=event["time"], delay=event["delay"], reason=event["reason"])
+
+    def _apply_release(self, event: Event, state: PartitionState | None) -> None:
+        for offset in event["offsets"] if state is not None else []:
+            entry = state.pending.get(offset)
+            if entry is not None and entry.state is DeliveryState.LEASED:
+                state.release(offset, undo_delivery=event["undo"])
+
+    def _apply_extend(self, event: Event, state: PartitionState | None) -> None:
+        entry = None if state is None else state.pending.get(event["offset"])
+        if entry is not None and entry.state is DeliveryState.LEASED:
+            state.extend(event["offset"], entry.owner, event["deadline"])  # type: ignore[union-attr, arg-type]
+
+    def _apply_dead(self, event: Event, state: PartitionState | None) -> None:
+        if state is None:
+            return
+        partition = (event["topic"], event["partition"])
+        if state.ack(event["offset"], math.inf):  # type: ignore[arg-type]
+            self.dead_lettered[partition] = self.dead_lettered.get(partition, 0) + 1
+
+    def _apply_redrive(self, event: Event, state: PartitionState | None) -> None:
+        if state is not None and state.is_done(event["offset"]):
+            state.reopen(event["offset"], priority=event["priority"], key=_key_bytes(event["key"]))
+        self.redriven.add((event["dlq_topic"], event["dlq_offset"]))
+
+    def _apply_purge(self, event: Event, state: PartitionState | None) -> None:
+        self.redriven = {item for item in self.redriven if item[0] != event["dlq_topic"]}
+
+    async def _commit(self, events: list[Event]) -> None:
+        """Apply `events` and journal them, with no await in between."""
+        for event in events:
+            self._apply(event)
+        await self._write(events)
+
+    async def _write(self, events: list[Event]) -> None:
+        if await self.journal.append(events):
+            await self.journal.snapshot(self.snapshot_state())
+        self._arm_timer()
+
+    # -- live changes ------------------------------------------------------------------
 
     async def join(self, topic: str, partition: int, initial_offset: int) -> PartitionState:
-        """Return the state of a partition, starting it at `initial_offset` if the group never read it."""
-        async with self._lock:
-            state = self.states.get((topic, partition))
-            if state is None:
-                state = PartitionState(committed=initial_offset)
-                self.states[(topic, partition)] = state
-                await self._write([OffsetEvent("reset", topic, partition, initial_offset)])
-                logger.info("group %s starts %s/%d at offset %d", self.name, topic, partition, initial_offset)
-            return state
+        """Return a partition's state, starting it at `initial_offset` if the group never read it."""
+        state = self.states.get((topic, partition))
+        if state is None:
+            await self._commit([{"event": "reset", "topic": topic, "partition": partition, "offset": initial_offset}])
+            logger.info("group %s starts %s/%d at offset %d", self.name, topic, partition, initial_offset)
+            state = self.states[(topic, partition)]
+            for entry in state.pending.values():
+                if self.config.key_ordering and entry.key is not None:
+                    state.busy_keys[entry.key] = entry.offset
+        return state
+
+    async def record_deliveries(self, topic: str, partition: int, entries: list[Pending], deadline: float) -> None:
+        """Journal deliveries that selection already applied to the state."""
+        if entries:
+            messages = [[e.offset, e.priority, _key_text(e.key)] for e in entries]
+            await self._write([{"event": "deliver", "topic": topic, "partition": partition,
+                                "deadline": deadline, "messages": messages}])
 
     async def ack(self, topic: str, partition: int, offsets: Iterable[int], log_end_offset: int) -> int:
-        """Mark `offsets` done and journal the committed offset if it moved; return how many were new.
+        """Mark `offsets` done; return how many were not done before.
 
-        Raises OffsetOutOfRangeError (before changing anything) for an offset
+        Raises OffsetOutOfRangeError, before changing anything, for an offset
         that was never written.
         """
-        offsets = list(offsets)
+        offsets = sorted(set(offsets))
+        bad = [offset for offset in offsets if offset < 0 or offset >= log_end_offset]
+        if bad:
+            raise OffsetOutOfRangeError(
+                f"cannot ack offset {bad[0]} of {topic}/{partition}: it was never written "
+                f"(log end offset {log_end_offset})"
+            )
         state = self.states[(topic, partition)]
-        for offset in offsets:
-            if offset >= log_end_offset or offset < 0:
-                state.ack(offset, log_end_offset)  # raises with the offending offset
-        async with self._lock:
-            before = state.committed
-            newly_done = sum(state.ack(offset, log_end_offset) for offset in offsets)
-            if state.committed != before:
-                await self._write([OffsetEvent("commit", topic, partition, state.committed)])
-        return newly_done
+        fresh = [offset for offset in offsets if not state.is_done(offset)]
+        if fresh:
+            await self._commit([{"event": "ack", "topic": topic, "partition": partition, "ranges": _to_ranges(fresh)}])
+        return len(fresh)
+
+    def _fail_event(self, topic: str, partition: int, entry: Pending, now: float, *, delay: float | None,
+                    reason: str) -> Event:
+        if delay is None:
+            delay = self.config.redelivery_delay(entry.delivery_count)
+        return {"event": "fail", "topic": topic, "partition": partition, "offset": entry.offset,
+                "time": now, "delay": delay, "reason": reason}
+
+    async def fail(self, topic: str, partition: int, offset: int, *, owner: int, delay: float | None,
+                   reason: str) -> Pending:
+        """Record a nack by consumer `owner`; raises LeaseError unless it holds the lease.
+
+        `delay` None uses the group's retry policy. Returns the entry, whose
+        delivery count tells the caller whether to dead-letter it.
+        """
+        state = self.states[(topic, partition)]
+        entry = state._leased_by(offset, owner)
+        await self._commit([self._fail_event(topic, partition, entry, self.clock(), delay=delay, reason=reason)])
+        return entry
+
+    async def extend(self, topic: str, partition: int, offset: int, *, owner: int, seconds: float) -> float:
+        """Move a lease deadline to `seconds` from now; return the new deadline.
+
+        Raises LeaseError unless consumer `owner` holds the lease.
+        """
+        state = self.states[(topic, partition)]
+        state._leased_by(offset, owner)
+        deadline = self.clock() + seconds
+        await self._commit([{"event": "extend", "topic": topic, "partition": partition, "offset": offset,
+                             "deadline": deadline}])
+        return deadline
+
+    async def release(self, owner: int, *, unseen: set[tuple[str, int, int]]) -> int:
+        """Make the leases of consumer `owner` ready again; return how many there were.
+
+        Offsets in `unseen` (topic, partition, offset) were never handed to the
+        application, so their delivery is taken back too.
+        """
+        events = []
+        for (topic, number), state in self.states.items():
+            offsets = [o for o, e in state.pending.items() if e.state is DeliveryState.LEASED and e.owner == owner]
+            for undo in (True, False):
+                chosen = [o for o in offsets if ((topic, number, o) in unseen) is undo]
+                if chosen:
+                    events.append({"event": "release", "topic": topic, "partition": number,
+                                   "offsets": chosen, "undo": undo})
+        if events:
+            await self._commit(events)
+        return sum(len(event["offsets"]) for event in events)
+
+    async def mark_dead(self, topic: str, partition: int, offset: int, *, reason: str, dlq_topic: str,
+                        dlq_offset: int) -> None:
+        """Mark a message done because it was copied to the dead-letter topic."""
+        await self._commit([{"event": "dead", "topic": topic, "partition": partition, "offset": offset,
+                             "reason": reason, "dlq_topic": dlq_topic, "dlq_offset": dlq_offset}])
+        logger.warning("group %s dead-lettered %s/%d@%d to %s@%d: %s",
+                       self.name, topic, partition, offset, dlq_topic, dlq_offset, reason)
+
+    async def redrive(self, topic: str, partition: int, offset: int, *, priority: int, key: bytes | None,
+                      dlq_topic: str, dlq_offset: int) -> None:
+        """Make a dead-lettered message ready again in this group only, with a fresh delivery count."""
+        await self._commit([{"event": "redrive", "topic": topic, "partition": partition, "offset": offset,
+                             "priority": priority, "key": _key_text(key), "dlq_topic": dlq_topic,
+                             "dlq_offset": dlq_offset}])
+
+    async def forget_dead_letter_topic(self, dlq_topic: str) -> None:
+        """Forget which dead letters of `dlq_topic` were redriven, after that topic was deleted."""
+        await self._commit([{"event": "purge", "dlq_topic": dlq_topic}])
 
     async def reset(self, topic: str, partition: int, offset: int) -> None:
-        """Set the committed offset of a partition to `offset` and forget deliveries above it."""
-        async with self._lock:
-            state = self.states.setdefault((topic, partition), PartitionState(committed=offset))
-            state.reset(offset)
-            await self._write([OffsetEvent("reset", topic, partition, offset)])
+        """Set a partition's committed offset to `offset` and forget every delivery."""
+        await self._commit([{"event": "reset", "topic": topic, "partition": partition, "offset": offset}])
         logger.info("group %s reset %s/%d to offset %d", self.name, topic, partition, offset)
 
     async def skip_removed(self, topic: str, partition: int, log_start_offset: int) -> None:
-        """Move a partition past offsets that retention deleted before the group read them."""
+        """Move a partition past offsets that retention deleted before the group finished them."""
         state = self.states[(topic, partition)]
         if state.committed < log_start_offset:
             logger.warning(
-                "group %s: offsets %d..%d of %s/%d were deleted by retention before they were "
-                "acked; continuing at the log start offset %d",
+                "group %s: offsets %d..%d of %s/%d were deleted by retention before they were done; "
+                "continuing at the log start offset %d",
                 self.name, state.committed, log_start_offset - 1, topic, partition, log_start_offset,
             )
-            async with self._lock:
-                state.skip_to(log_start_offset)
-                await self._write([OffsetEvent("reset", topic, partition, state.committed)])
+            await self._commit([{"event": "commit", "topic": topic, "partition": partition,
+                                 "offset": log_start_offset}])
 
-    def release(self, owner: int) -> int:
-        """Make the in-flight messages of consumer `owner` ready again; return how many."""
-        return sum(state.release(owner) for state in self.states.values())
+    async def expire_leases(self) -> list[tuple[str, int, Pending]]:
+        """Count every lease past its deadline as a failed delivery; return the failed entries."""
+        now = self.clock()
+        expired = []
+        events = []
+        for (topic, number), state in self.states.items():
+            for entry in state.due_leases(now):
+                expired.append((topic, number, entry))
+                events.append(self._fail_event(topic, number, entry, now, delay=None, reason="lease expired"))
+        if events:
+            logger.info("group %s: %d leases expired", self.name, len(events))
+            await self._commit(events)
+        return expired
 
-    async def _write(self, events: list[OffsetEvent]) -> None:
-        await self.journal.append(events, self.committed_offsets())
+    # -- timers ---------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Snapshot the committed offsets, so the next open replays nothing, and close the journal."""
-        await self.journal.snapshot(self.committed_offsets())
-        await self.journal.close()
+    def next_timer(self) -> float | None:
+        """Return the earliest lease deadline or delay end of any partition, or None."""
+        times = [t for t in (state.next_timer() for state in self.states.values()) if t is not None]
+        return min(times) if times else None
+
+    def _arm_timer(self) -> None:
+        """Schedule `on_timer` for the next deadline, so waiting receivers wake when it passes."""
+        if self.on_timer is None:
+            return
+        when = self.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            delay = max(0.0, when - self.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire_timer)
+
+    def _fire_timer(self) -> None:
+        self._timer = None
+        if self.on_timer is not None:
+            self.on_timer()
+
+
+def _to_ranges(offsets: list[int]) -> list[list[int]]:
+    """Turn sorted distinct offsets into [start, end) ranges."""
+    ranges: list[list[int]] = []
+    for offset in offsets:
+        if ranges and ranges[-1][1] == offset:
+            ranges[-1][1] += 1
+        else:
+            ranges.append([offset, offset + 1])
+    return ranges

@@ -1,26 +1,26 @@
-"""The group journal: an event log of a consumer group's committed offsets.
+"""The group journal: the event log that a consumer group's state is rebuilt from.
 
 A group lives in `<data dir>/groups/<name>/`. Its journal is a partition log
-(`journal/`) written with the segment engine, one JSON event per record:
+(`journal/`) written with the segment engine, one JSON event per record, for
+example:
 
-    {"event": "commit", "topic": "t", "partition": 0, "offset": 42}
-    {"event": "reset",  "topic": "t", "partition": 0, "offset": 0}
+    {"event": "deliver", "topic": "t", "partition": 0, "deadline": 1700000030.0,
+     "messages": [[42, 0, null]]}
+    {"event": "ack", "topic": "t", "partition": 0, "ranges": [[40, 43]]}
 
-"commit" moves the committed offset forward after acks; "reset" sets it to
-any offset (a new group's start, or a user's reset). Readers ignore event
-types they do not know, which leaves room for per-message events.
+docs/format.md lists every event type. The group applies events; this module
+only stores them. Readers skip event types they do not know.
 
-`snapshot.json` stores the committed offsets up to a journal offset. Opening
-replays the snapshot and then the journal events after it. Every
-`snapshot_every` events a new snapshot is written and the journal segments
-before it are deleted.
+`snapshot.json` stores the whole group state as of a journal offset. Opening
+returns the snapshot and the events after it. The group writes a new snapshot
+every `snapshot_every` events and on close; journal segments before the
+snapshot are then deleted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,37 +36,23 @@ SNAPSHOT_FILE_NAME: Final = "snapshot.json"
 JOURNAL_DIR_NAME: Final = "journal"
 JOURNAL_SEGMENT_BYTES: Final = 1024 * 1024
 
-
-@dataclass(frozen=True, slots=True)
-class OffsetEvent:
-    """A "commit" or "reset" event for one topic partition."""
-
-    event: str
-    topic: str
-    partition: int
-    offset: int
-
-    def encode(self) -> bytes:
-        """Return the JSON bytes stored in the journal."""
-        return orjson.dumps(
-            {"event": self.event, "topic": self.topic, "partition": self.partition, "offset": self.offset}
-        )
+Event = dict[str, Any]
 
 
 class GroupJournal:
-    """Persistence of one group's committed offsets: snapshot plus event journal."""
+    """Persistence of one group's state: a snapshot plus the events after it."""
 
     def __init__(self, directory: Path, log: PartitionLog, snapshot_every: int) -> None:
         self.directory = directory
         self.log = log
         self.snapshot_every = snapshot_every
-        self._events_since_snapshot = 0
+        self.events_since_snapshot = 0
 
     @classmethod
     async def open(
         cls, directory: Path, *, fsync: str = "interval", snapshot_every: int = 10_000
-    ) -> tuple[GroupJournal, dict[tuple[str, int], int]]:
-        """Open the journal in `directory` and return it with the committed offsets it stores.
+    ) -> tuple[GroupJournal, Event | None, list[Event]]:
+        """Open the journal in `directory`; return it, the snapshot (or None) and the events after it.
 
         Raises CorruptJournalError when the snapshot or an event does not decode.
         """
@@ -75,79 +61,68 @@ class GroupJournal:
         log = await PartitionLog.open(directory / JOURNAL_DIR_NAME, config)
         journal = cls(directory, log, snapshot_every)
         try:
-            committed, start = journal._load_snapshot()
-            replayed = await journal._replay(start, committed)
+            snapshot = journal._load_snapshot()
+            start = log.log_start_offset if snapshot is None else max(int(snapshot["journal_offset"]), log.log_start_offset)
+            events = await journal._read_events(start)
         except BaseException:
             await log.close()
             raise
+        journal.events_since_snapshot = len(events)
         logger.info(
-            "opened group journal %s: %d partitions, replayed %d events after the snapshot at %d",
-            directory, len(committed), replayed, start,
+            "opened group journal %s: snapshot at %s, %d events after it",
+            directory, None if snapshot is None else snapshot["journal_offset"], len(events),
         )
-        return journal, committed
+        return journal, snapshot, events
 
-    def _load_snapshot(self) -> tuple[dict[tuple[str, int], int], int]:
+    def _load_snapshot(self) -> Event | None:
         path = self.directory / SNAPSHOT_FILE_NAME
         try:
-            data = orjson.loads(path.read_bytes())
-            committed = {(topic, int(partition)): int(offset) for topic, partition, offset in data["committed"]}
-            start = int(data["journal_offset"])
+            snapshot = orjson.loads(path.read_bytes())
+            if not isinstance(snapshot, dict) or not isinstance(snapshot.get("journal_offset"), int):
+                raise TypeError("journal_offset is missing")
+            return snapshot
         except FileNotFoundError:
-            return {}, self.log.log_start_offset
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return None
+        except (orjson.JSONDecodeError, TypeError) as exc:
             raise CorruptJournalError(
                 f"{path}: not a valid group snapshot ({exc}); delete it to rebuild the state "
-                "from the journal, which still holds every event after the last snapshot"
+                "from the journal, which still contains every event after the last snapshot"
             ) from exc
-        return committed, max(start, self.log.log_start_offset)
 
-    async def _replay(self, offset: int, committed: dict[tuple[str, int], int]) -> int:
-        count = 0
-        while offset < self.log.log_end_offset:
+    async def _read_events(self, offset: int) -> list[Event]:
+        events: list[Event] = []
+        while offset < self.log.high_watermark:
             records = await self.log.read(offset)
             if not records:
                 break
             for record in records:
-                event = self._decode(record.value, record.offset)
-                if event is not None:
-                    committed[(event.topic, event.partition)] = event.offset
-                count += 1
+                try:
+                    event = orjson.loads(record.value)
+                except orjson.JSONDecodeError as exc:
+                    raise CorruptJournalError(
+                        f"group journal {self.log.directory}: event at offset {record.offset} "
+                        f"is not JSON ({exc})"
+                    ) from exc
+                if isinstance(event, dict):
+                    events.append(event)
             offset = records[-1].offset + 1
-        return count
+        return events
 
-    def _decode(self, value: bytes, offset: int) -> OffsetEvent | None:
-        try:
-            fields: dict[str, Any] = orjson.loads(value)
-            if fields.get("event") not in ("commit", "reset"):
-                return None
-            return OffsetEvent(fields["event"], str(fields["topic"]), int(fields["partition"]), int(fields["offset"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptJournalError(
-                f"group journal {self.log.directory}: event at offset {offset} does not decode ({exc})"
-            ) from exc
+    async def append(self, events: list[Event]) -> bool:
+        """Store `events` as one batch; return True when a snapshot is due."""
+        if not events:
+            return False
+        await self.log.append([RecordInput(value=orjson.dumps(event), flags=FLAG_JSON) for event in events])
+        self.events_since_snapshot += len(events)
+        return self.events_since_snapshot >= self.snapshot_every
 
-    async def append(self, events: Iterable[OffsetEvent], committed: dict[tuple[str, int], int]) -> None:
-        """Store `events` as one batch; snapshot `committed` when enough events accumulated."""
-        records = [RecordInput(value=event.encode(), flags=FLAG_JSON) for event in events]
-        if not records:
-            return
-        await self.log.append(records)
-        self._events_since_snapshot += len(records)
-        if self._events_since_snapshot >= self.snapshot_every:
-            await self.snapshot(committed)
-
-    async def snapshot(self, committed: dict[tuple[str, int], int]) -> None:
-        """Write `committed` as the snapshot at the current journal end and drop older segments."""
+    async def snapshot(self, state: Event) -> None:
+        """Write `state` as the snapshot at the current journal end and drop older journal segments."""
         await self.log.flush()
         journal_offset = self.log.log_end_offset
-        data = orjson.dumps(
-            {
-                "journal_offset": journal_offset,
-                "committed": [[topic, partition, offset] for (topic, partition), offset in sorted(committed.items())],
-            }
-        )
-        write_file_atomically(self.directory / SNAPSHOT_FILE_NAME, data)
-        self._events_since_snapshot = 0
+        data = orjson.dumps({"journal_offset": journal_offset, **state})
+        await asyncio.to_thread(write_file_atomically, self.directory / SNAPSHOT_FILE_NAME, data)
+        self.events_since_snapshot = 0
         removed = await self.log.delete_segments_before(journal_offset)
         logger.info(
             "snapshot of group %s at journal offset %d; removed %d journal segments",

@@ -1,65 +1,200 @@
 """Delivery state of one consumer group on one partition, without any I/O.
 
-The state moves through plain method calls, so property-based tests can drive
-it against a model. Offsets below `committed` are done. Above it, an offset is
-done (acked out of order), in flight (delivered to a consumer and not yet
-acked), released (its consumer closed before acking it; delivered again
-first) or not yet delivered (at or above `cursor`).
+Every offset of the partition is in one of these states for the group:
+
+- done: acked or dead-lettered. Offsets below `committed` are done; done
+  offsets above it are kept in a `RangeSet`.
+- pending: delivered at least once and not done. A `Pending` entry is
+  `leased` (held by one consumer until its lease deadline), `delayed` (nacked
+  with a delay that has not passed) or `ready` (waiting for redelivery).
+- held: found by the scan while an earlier message with the same key was
+  pending, under per-key ordering. It becomes ready when that one is done.
+- new: never delivered. The FIFO scan finds new offsets from `cursor` on;
+  offsets below `cursor` are done, pending or held.
+
+Times are seconds since the Unix epoch from the group's clock, so lease
+deadlines and delays survive a restart. The state moves only through the
+methods here, so property tests can drive it against a model.
 """
 
 from __future__ import annotations
 
+import enum
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
 
-from logq.errors import OffsetOutOfRangeError
+from logq.consumers.ranges import RangeSet
+from logq.errors import LeaseError, OffsetOutOfRangeError
+
+
+class DeliveryState(enum.Enum):
+    """Where a pending message stands."""
+
+    READY = "ready"
+    LEASED = "leased"
+    DELAYED = "delayed"
+
+
+_ALLOWED = {
+    (DeliveryState.READY, DeliveryState.LEASED),
+    (DeliveryState.LEASED, DeliveryState.READY),
+    (DeliveryState.LEASED, DeliveryState.DELAYED),
+    (DeliveryState.DELAYED, DeliveryState.READY),
+}
+
+
+@dataclass
+class Pending:
+    """A message delivered at least once and not done."""
+
+    offset: int
+    priority: int = 0
+    key: bytes | None = None
+    state: DeliveryState = DeliveryState.READY
+    delivery_count: int = 0
+    owner: int | None = None
+    deadline: float | None = None  # lease end or delay end, seconds since the epoch
+    first_failure: float | None = None
+    last_failure: float | None = None
+    last_reason: str | None = None
+
+    def move(self, target: DeliveryState) -> None:
+        """Change state, raising LeaseError for a transition the model does not allow."""
+        if (self.state, target) not in _ALLOWED:
+            raise LeaseError(
+                f"offset {self.offset} cannot go from {self.state.value} to {target.value}"
+            )
+        self.state = target
 
 
 @dataclass
 class PartitionState:
-    """Committed offset, acks above it, and deliveries in flight for one partition."""
+    """Committed offset, acks above it, pending deliveries and held messages of one partition."""
 
     committed: int
     cursor: int = -1
-    done: set[int] = field(default_factory=set)
-    in_flight: dict[int, int] = field(default_factory=dict)
-    released: list[int] = field(default_factory=list)
+    done: RangeSet = field(default_factory=RangeSet)
+    pending: dict[int, Pending] = field(default_factory=dict)
+    ready: list[tuple[int, int]] = field(default_factory=list)  # heap of (-priority, offset)
+    delayed: list[tuple[float, int]] = field(default_factory=list)  # heap of (delay end, offset)
+    leases: list[tuple[float, int]] = field(default_factory=list)  # heap of (lease deadline, offset)
+    held: dict[bytes, deque[tuple[int, int]]] = field(default_factory=dict)  # key -> (offset, priority)
+    held_offsets: set[int] = field(default_factory=set)
+    busy_keys: dict[bytes, int] = field(default_factory=dict)  # key -> its pending offset
+    level_positions: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.cursor < self.committed:
             self.cursor = self.committed
 
-    def next_released(self, limit: int) -> list[int]:
-        """Pop up to `limit` released offsets, lowest first, for redelivery."""
-        taken: list[int] = []
-        while self.released and len(taken) < limit:
-            offset = heapq.heappop(self.released)
-            if offset >= self.committed and offset not in self.done and offset not in self.in_flight:
-                taken.append(offset)
-        return taken
-
-    def deliver(self, offset: int, owner: int) -> None:
-        """Record that `offset` was handed to consumer `owner`."""
-        self.in_flight[offset] = owner
-        if offset >= self.cursor:
-            self.cursor = offset + 1
+    # -- queries ----------------------------------------------------------------
 
     def is_done(self, offset: int) -> bool:
-        """Return True when `offset` is below the committed offset or acked."""
+        """Return True when `offset` is below the committed offset or acked, and not pending."""
+        if offset in self.pending:
+            return False
         return offset < self.committed or offset in self.done
 
+    def is_known(self, offset: int) -> bool:
+        """Return True when `offset` is done, pending or held, so no scan may deliver it as new."""
+        return (
+            offset < self.cursor or offset in self.pending or offset in self.held_offsets or self.is_done(offset)
+        )
+
+    def in_flight(self) -> int:
+        """Number of leased messages."""
+        return sum(1 for entry in self.pending.values() if entry.state is DeliveryState.LEASED)
+
+    def waiting(self) -> int:
+        """Number of messages waiting for redelivery (ready or delayed)."""
+        return sum(1 for entry in self.pending.values() if entry.state is not DeliveryState.LEASED)
+
+    def held_count(self) -> int:
+        """Number of messages held back by per-key ordering."""
+        return sum(len(queue) for queue in self.held.values())
+
+    # -- the scan of new offsets ------------------------------------------------------
+
     def pass_over(self, offset: int) -> None:
-        """Move the cursor past `offset` without delivering it (it is done already)."""
+        """Move the cursor past `offset` without delivering it."""
         if offset >= self.cursor:
             self.cursor = offset + 1
 
-    def skip_to(self, offset: int) -> None:
-        """Move the cursor past offsets that no longer exist (removed by retention)."""
-        if offset > self.cursor:
-            self.cursor = offset
-        if offset > self.committed:
-            self.committed = offset
-            self.done = {done for done in self.done if done >= offset}
+    def hold_if_key_busy(self, offset: int, priority: int, key: bytes | None) -> bool:
+        """Hold a new message back when its key has a pending message; return True if held."""
+        if key is None or key not in self.busy_keys:
+            return False
+        self.held.setdefault(key, deque()).append((offset, priority))
+        self.held_offsets.add(offset)
+        return True
+
+    # -- transitions -------------------------------------------------------------------
+
+    def lease(self, offset: int, *, priority: int, key: bytes | None, owner: int, deadline: float,
+              key_ordering: bool) -> Pending:
+        """Deliver `offset` to consumer `owner` until `deadline`; return its entry.
+
+        Works for a new offset and for a ready pending one. Raises LeaseError
+        for an offset that is done, leased or delayed.
+        """
+        entry = self.pending.get(offset)
+        if entry is None:
+            if self.is_done(offset):
+                raise LeaseError(f"offset {offset} is done and cannot be delivered again")
+            entry = Pending(offset=offset, priority=priority, key=key)
+            self.pending[offset] = entry
+            if key_ordering and key is not None:
+                self.busy_keys[key] = offset
+        entry.move(DeliveryState.LEASED)
+        entry.delivery_count += 1
+        entry.owner = owner
+        entry.deadline = deadline
+        heapq.heappush(self.leases, (deadline, offset))
+        if offset == self.cursor:
+            self.cursor += 1
+        return entry
+
+    def extend(self, offset: int, owner: int, deadline: float) -> Pending:
+        """Move the lease deadline of `offset`; raises LeaseError unless `owner` holds its lease."""
+        entry = self._leased_by(offset, owner)
+        entry.deadline = deadline
+        heapq.heappush(self.leases, (deadline, offset))
+        return entry
+
+    def fail(self, offset: int, *, now: float, delay: float, reason: str, owner: int | None = None) -> Pending:
+        """Record a failed delivery (nack, lease expiry, lost consumer) and schedule the redelivery.
+
+        With `owner` set, raises LeaseError unless that consumer holds the lease.
+        """
+        entry = self._leased_by(offset, owner) if owner is not None else self.pending[offset]
+        entry.first_failure = entry.first_failure if entry.first_failure is not None else now
+        entry.last_failure = now
+        entry.last_reason = reason
+        entry.owner = None
+        if delay > 0:
+            entry.move(DeliveryState.DELAYED)
+            entry.deadline = now + delay
+            heapq.heappush(self.delayed, (entry.deadline, offset))
+        else:
+            entry.move(DeliveryState.READY)
+            entry.deadline = None
+            heapq.heappush(self.ready, (-entry.priority, offset))
+        return entry
+
+    def release(self, offset: int, *, undo_delivery: bool) -> None:
+        """Make a leased message ready again without counting a failure.
+
+        `undo_delivery` takes back its delivery count as well, for a message a
+        consumer fetched but never handed to the application.
+        """
+        entry = self.pending[offset]
+        entry.move(DeliveryState.READY)
+        entry.owner = None
+        entry.deadline = None
+        if undo_delivery:
+            entry.delivery_count = max(0, entry.delivery_count - 1)
+        heapq.heappush(self.ready, (-entry.priority, offset))
 
     def ack(self, offset: int, log_end_offset: int) -> bool:
         """Mark `offset` done; return False when it already was.
@@ -71,29 +206,117 @@ class PartitionState:
             raise OffsetOutOfRangeError(
                 f"cannot ack offset {offset}: it was never written (log end offset {log_end_offset})"
             )
-        self.in_flight.pop(offset, None)
-        if offset < self.committed or offset in self.done:
+        entry = self.pending.pop(offset, None)
+        if entry is None and self.is_done(offset):
             return False
-        self.done.add(offset)
-        while self.committed in self.done:
-            self.done.remove(self.committed)
-            self.committed += 1
-        if self.cursor < self.committed:
-            self.cursor = self.committed
+        if entry is not None and entry.key is not None and self.busy_keys.get(entry.key) == offset:
+            self._release_key(entry.key)
+        if offset >= self.committed:
+            self.done.add(offset)
+            self._advance_committed()
         return True
 
-    def release(self, owner: int) -> int:
-        """Return the in-flight offsets of consumer `owner` for redelivery; return how many."""
-        offsets = [offset for offset, holder in self.in_flight.items() if holder == owner]
-        for offset in offsets:
-            del self.in_flight[offset]
-            heapq.heappush(self.released, offset)
-        return len(offsets)
+    def _advance_committed(self) -> None:
+        self.committed = self.done.pop_run_from(self.committed)
+        if self.cursor < self.committed:
+            self.cursor = self.committed
+
+    def _release_key(self, key: bytes) -> None:
+        """Hand a key to its next held message, which becomes ready."""
+        del self.busy_keys[key]
+        queue = self.held.get(key)
+        if not queue:
+            self.held.pop(key, None)
+            return
+        offset, priority = queue.popleft()
+        self.held_offsets.discard(offset)
+        if not queue:
+            del self.held[key]
+        self.pending[offset] = Pending(offset=offset, priority=priority, key=key)
+        self.busy_keys[key] = offset
+        heapq.heappush(self.ready, (-priority, offset))
+
+    def reopen(self, offset: int, *, priority: int, key: bytes | None) -> Pending:
+        """Make a done offset ready again with a fresh delivery count (a redrive).
+
+        Raises LeaseError for an offset that is not done.
+        """
+        if not self.is_done(offset):
+            raise LeaseError(f"offset {offset} is not done, so it cannot be redriven")
+        entry = Pending(offset=offset, priority=priority, key=key)
+        self.pending[offset] = entry
+        heapq.heappush(self.ready, (-priority, offset))
+        return entry
 
     def reset(self, offset: int) -> None:
-        """Move the committed offset and the cursor to `offset`, forgetting acks and deliveries."""
+        """Move the committed offset and the cursor to `offset`, forgetting every delivery."""
         self.committed = offset
         self.cursor = offset
         self.done.clear()
-        self.in_flight.clear()
-        self.released.clear()
+        self.pending.clear()
+        self.ready.clear()
+        self.delayed.clear()
+        self.leases.clear()
+        self.held.clear()
+        self.held_offsets.clear()
+        self.busy_keys.clear()
+        self.level_positions.clear()
+
+    def skip_to(self, offset: int) -> None:
+        """Forget offsets below `offset`, which retention deleted."""
+        if offset <= self.committed:
+            return
+        for stale in [o for o in self.pending if o < offset]:
+            entry = self.pending.pop(stale)
+            if entry.key is not None and self.busy_keys.get(entry.key) == stale:
+                self._release_key(entry.key)
+        self.done.discard_below(offset)
+        self.committed = offset
+        self._advance_committed()
+
+    # -- timers --------------------------------------------------------------------------
+
+    def due_leases(self, now: float) -> list[Pending]:
+        """Return the leased entries whose deadline passed, earliest first."""
+        expired = []
+        while self.leases and self.leases[0][0] <= now:
+            deadline, offset = heapq.heappop(self.leases)
+            entry = self.pending.get(offset)
+            if entry is not None and entry.state is DeliveryState.LEASED and entry.deadline == deadline:
+                expired.append(entry)
+        return expired
+
+    def promote_delayed(self, now: float) -> None:
+        """Make delayed entries whose delay passed ready."""
+        while self.delayed and self.delayed[0][0] <= now:
+            deadline, offset = heapq.heappop(self.delayed)
+            entry = self.pending.get(offset)
+            if entry is not None and entry.state is DeliveryState.DELAYED and entry.deadline == deadline:
+                entry.move(DeliveryState.READY)
+                entry.deadline = None
+                heapq.heappush(self.ready, (-entry.priority, offset))
+
+    def peek_ready(self) -> Pending | None:
+        """Return the most urgent ready entry (lowest offset within a priority), or None."""
+        while self.ready:
+            _, offset = self.ready[0]
+            entry = self.pending.get(offset)
+            if entry is not None and entry.state is DeliveryState.READY:
+                return entry
+            heapq.heappop(self.ready)
+        return None
+
+    def next_timer(self) -> float | None:
+        """Return the earliest lease deadline or delay end, or None."""
+        times = [heap[0][0] for heap in (self.leases, self.delayed) if heap]
+        return min(times) if times else None
+
+    def _leased_by(self, offset: int, owner: int | None) -> Pending:
+        entry = self.pending.get(offset)
+        if entry is None or entry.state is not DeliveryState.LEASED or (owner is not None and entry.owner != owner):
+            state = "done" if entry is None else entry.state.value
+            raise LeaseError(
+                f"offset {offset} is not leased to this consumer (it is {state}); its lease may "
+                "have expired and the message gone to another consumer"
+            )
+        return entry

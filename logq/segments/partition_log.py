@@ -218,7 +218,9 @@ class PartitionLog:
 
     # -- append ---------------------------------------------------------------
 
-    async def append(self, records: Sequence[RecordInput]) -> tuple[int, int]:
+    async def append(
+        self, records: Sequence[RecordInput], *, on_written: Callable[[int], None] | None = None
+    ) -> tuple[int, int]:
         """Append `records` as one batch; return its first offset and the log end offset after it.
 
         Returns once the batch reached the OS, or, under `fsync="always"`, once
@@ -226,6 +228,9 @@ class PartitionLog:
         left as before. Cancelling the caller does not interrupt a write that
         has started: the batch is stored and the cancellation is re-raised, so
         a cancelled append may still be in the log, as with any broker.
+        `on_written(base_offset)` runs right after the write, still under the
+        append lock, so overlays such as the priority index see appends in
+        offset order.
         """
         self._check_open()
         async with self._append_lock:
@@ -239,6 +244,8 @@ class PartitionLog:
             self._last_timestamp_ms = timestamp_ms
             self._tail.add(base_offset, data)
             self._dirty = True
+            if on_written is not None:
+                on_written(base_offset)
             end_offset = header.next_offset
             if self.config.fsync != "always":
                 self._notify_readers()

@@ -1,0 +1,186 @@
+"""The choice of the next message a consumer group delivers from one partition.
+
+Three sources compete for each delivery:
+
+- ready redeliveries (nacked, expired or redriven messages), by priority;
+- new messages above the default priority, found through the priority index,
+  most urgent level first and in offset order within a level;
+- new messages in log order from the group's cursor (the FIFO scan), which
+  is how default-priority messages are found.
+
+The winner is the candidate with the highest priority, and the lowest offset
+among equals, so delivery is FIFO within a priority level. With a
+starvation limit, the oldest candidate wins after that many deliveries in a
+row that passed it over. Each call costs O(log n) per priority level in use
+plus amortized O(1) for the FIFO scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from logq.consumers.config import GroupConfig
+from logq.consumers.priority_index import PriorityIndex
+from logq.consumers.state import DeliveryState, PartitionState, Pending
+from logq.segments import PartitionLog, Record
+
+logger = logging.getLogger(__name__)
+
+READ_BYTES = 256 * 1024
+MAX_SCAN = 100_000  # records the FIFO scan examines per call before giving up on this partition
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A message that could be delivered next; `entry` is set for a redelivery."""
+
+    record: Record
+    entry: Pending | None
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Sort key: higher priority first, then lower offset."""
+        return (-self.record.priority, self.record.offset)
+
+
+class PartitionSelector:
+    """Chooses messages for one group from one partition; shared by that group's consumers.
+
+    Keeps the records read ahead of the cursor, so consecutive receives do not
+    read and decode the same batches again.
+    """
+
+    def __init__(self, log: PartitionLog, index: PriorityIndex | None, state: PartitionState) -> None:
+        self.log = log
+        self.index = index
+        self.state = state
+        self.read_ahead: deque[Record] = deque()
+        self.streak = 0
+
+    async def choose(self, config: GroupConfig, now: float, *, exclude: set[int], hold: bool) -> Candidate | None:
+        """Return the next message to deliver, or None when nothing is ready.
+
+        Changes nothing but caches, the cursor over done offsets, and (when
+        `hold` is true) messages held back by per-key ordering. Offsets in
+        `exclude` are skipped, which is how `peek` looks past its own picks.
+        """
+        self.state.promote_delayed(now)
+        candidates = []
+        for finder in (self._ready, self._urgent, self._fifo):
+            candidate = await finder(config, exclude, hold)
+            if candidate is not None:
+                candidates.append(candidate)
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda candidate: candidate.rank)
+        return self._apply_starvation_limit(config, best, candidates)
+
+    def _apply_starvation_limit(self, config: GroupConfig, best: Candidate, candidates: list[Candidate]) -> Candidate:
+        oldest = min(candidates, key=lambda candidate: candidate.record.offset)
+        if config.starvation_limit is None or oldest is best:
+            self.streak = 0
+            return best
+        self.streak += 1
+        if self.streak > config.starvation_limit:
+            self.streak = 0
+            return oldest
+        return best
+
+    async def _ready(self, config: GroupConfig, exclude: set[int], hold: bool) -> Candidate | None:
+        while True:
+            entry = self.state.peek_ready() if not exclude else self._first_ready_not_in(exclude)
+            if entry is None:
+                return None
+            record = await self._read_one(entry.offset)
+            if record is not None:
+                return Candidate(record, entry)
+            # Retention deleted the record of a redelivery, so nothing is left to deliver.
+            logger.warning("offset %d of %s was deleted by retention before its redelivery; dropping it",
+                           entry.offset, self.log.directory)
+            self.state.ack(entry.offset, math.inf)  # type: ignore[arg-type]
+
+    def _first_ready_not_in(self, exclude: set[int]) -> Pending | None:
+        for _, offset in sorted(self.state.ready):
+            entry = self.state.pending.get(offset)
+            if entry is not None and entry.state is DeliveryState.READY and offset not in exclude:
+                return entry
+        return None
+
+    async def _urgent(self, config: GroupConfig, exclude: set[int], hold: bool) -> Candidate | None:
+        if self.index is None:
+            return None
+        end = self.log.high_watermark
+        start = max(self.state.committed, self.log.log_start_offset)
+        for level in self.index.levels():
+            offset = self.index.first_at_or_after(level, max(self.state.level_positions.get(level, start), start))
+            while offset is not None and offset < end:
+                if self.state.is_known(offset):
+                    self.state.level_positions[level] = offset + 1
+                elif offset not in exclude:
+                    record = await self._read_one(offset)
+                    if record is not None and not self._held(config, record, hold, exclude):
+                        return Candidate(record, None)
+                offset = self.index.first_at_or_after(level, offset + 1)
+        return None
+
+    async def _fifo(self, config: GroupConfig, exclude: set[int], hold: bool) -> Candidate | None:
+        state = self.state
+        while self.read_ahead and self.read_ahead[0].offset < state.cursor:
+            self.read_ahead.popleft()
+        if self.read_ahead and self.read_ahead[0].offset > state.cursor:
+            self.read_ahead.clear()
+        scanned = 0
+        position = 0
+        while scanned < MAX_SCAN:
+            if position >= len(self.read_ahead):
+                start = self.read_ahead[-1].offset + 1 if self.read_ahead else state.cursor
+                if start >= self.log.high_watermark:
+                    return None
+                more = await self.log.read(max(start, self.log.log_start_offset), max_bytes=READ_BYTES)
+                if not more:
+                    return None
+                self.read_ahead.extend(more)
+            record = self.read_ahead[position]
+            position += 1
+            scanned += 1
+            at_cursor = record.offset == state.cursor
+            if state.is_known(record.offset) or record.offset in exclude:
+                if at_cursor and record.offset not in exclude:
+                    state.pass_over(record.offset)
+                continue
+            if self._held(config, record, hold, exclude):
+                if at_cursor:
+                    state.pass_over(record.offset)
+                continue
+            return Candidate(record, None)
+        return None
+
+    def _held(self, config: GroupConfig, record: Record, hold: bool, exclude: set[int]) -> bool:
+        """Apply per-key ordering to a new message; return True when it must wait."""
+        if not config.key_ordering or record.key is None or record.key not in self.state.busy_keys:
+            return False
+        if hold:
+            self.state.hold_if_key_busy(record.offset, record.priority, record.key)
+        else:
+            exclude.add(record.offset)
+        return True
+
+    async def _read_one(self, offset: int) -> Record | None:
+        if self.read_ahead:
+            # The read-ahead holds consecutive offsets, so the slot is a subtraction.
+            slot = offset - self.read_ahead[0].offset
+            if 0 <= slot < len(self.read_ahead) and self.read_ahead[slot].offset == offset:
+                return self.read_ahead[slot]
+        if offset < self.log.log_start_offset or offset >= self.log.high_watermark:
+            return None
+        records = await self.log.read(offset, max_bytes=1)
+        return next((record for record in records if record.offset == offset), None)
+
+    def reset(self) -> None:
+        """Drop cached records and the starvation count, after a group reset."""
+        self.read_ahead.clear()
+        self.streak = 0
+

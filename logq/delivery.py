@@ -1,0 +1,211 @@
+"""Delivery for one consumer group: leasing messages, failures and dead-lettering.
+
+A `GroupRuntime` joins a group's state (logq.consumers) to the topics it
+reads: it chooses messages with one selector per partition, leases them to
+consumers, handles nacks and lease expiry, and copies messages that failed
+too often to the dead-letter topic. All consumers of a group in one process
+share its runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from logq.consumers import Group, PartitionSelector, Pending
+from logq.errors import InvalidArgumentError
+from logq.message import Message
+from logq.segments import Record, RecordInput
+from logq.topics import Topic
+
+if TYPE_CHECKING:
+    from logq.consumer import Consumer
+    from logq.log import Log
+
+logger = logging.getLogger(__name__)
+
+DLQ_HEADER_PREFIX = "logq.dlq."
+
+
+def _iso(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class GroupRuntime:
+    """The live side of one consumer group: selectors, leases and the dead-letter path."""
+
+    def __init__(self, log: Log, group: Group) -> None:
+        self.log = log
+        self.group = group
+        self.selectors: dict[tuple[str, int], PartitionSelector] = {}
+        self.lock = asyncio.Lock()
+        self.topics: dict[str, Topic] = {}
+        group.on_timer = self._wake_readers
+
+    def _wake_readers(self) -> None:
+        for topic in self.topics.values():
+            topic.notify_readers()
+
+    async def join(self, topic: Topic, start: str) -> None:
+        """Start the group on every partition of `topic` it has not read yet."""
+        self.topics[topic.name] = topic
+        for number, partition in enumerate(topic.partitions):
+            initial = partition.log_start_offset if start == "earliest" else partition.high_watermark
+            state = await self.group.join(topic.name, number, initial)
+            if (topic.name, number) not in self.selectors:
+                self.selectors[(topic.name, number)] = PartitionSelector(
+                    partition, topic.priority_indexes[number], state
+                )
+
+    def selector(self, topic: str, number: int) -> PartitionSelector:
+        """Return the selector of a partition, recreating it if a reset replaced the state."""
+        selector = self.selectors[(topic, number)]
+        state = self.group.states[(topic, number)]
+        if selector.state is not state:
+            selector.state = state
+            selector.reset()
+        return selector
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def take(self, consumer: Consumer, topic: Topic, order: list[int], limit: int, lease: float) -> list[Message]:
+        """Lease up to `limit` messages of `topic` to `consumer`, visiting partitions in `order`."""
+        async with self.lock:
+            await self.handle_expired()
+            now = self.group.clock()
+            deadline = now + lease
+            config = self.group.config
+            messages: list[Message] = []
+            for number in order:
+                if len(messages) >= limit:
+                    break
+                partition = topic.partitions[number]
+                await self.group.skip_removed(topic.name, number, partition.log_start_offset)
+                selector = self.selector(topic.name, number)
+                state = selector.state
+                leased: list[tuple[Record, Pending]] = []
+                dead: list[tuple[Record, Pending]] = []
+                exclude: set[int] = set()
+                while len(messages) + len(leased) < limit:
+                    candidate = await selector.choose(config, now, exclude=exclude, hold=True)
+                    if candidate is None:
+                        break
+                    record, entry = candidate.record, candidate.entry
+                    if entry is not None and config.max_deliveries and entry.delivery_count >= config.max_deliveries:
+                        dead.append((record, entry))
+                        exclude.add(record.offset)
+                        continue
+                    entry = state.lease(record.offset, priority=record.priority, key=record.key,
+                                        owner=consumer.id, deadline=deadline, key_ordering=config.key_ordering)
+                    leased.append((record, entry))
+                await self.group.record_deliveries(topic.name, number, [entry for _, entry in leased], deadline)
+                for record, entry in dead:
+                    await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
+                messages.extend(
+                    Message.from_record(topic.name, number, record, group=self.group.name, consumer=consumer,
+                                        delivery_count=entry.delivery_count, lease_deadline=deadline)
+                    for record, entry in leased
+                )
+            return messages
+
+    async def peek(self, topic: Topic, limit: int) -> list[Message]:
+        """Return what the next receives would get, changing no delivery state."""
+        async with self.lock:
+            now = self.group.clock()
+            found = []
+            for number in range(len(topic.partitions)):
+                selector = self.selector(topic.name, number)
+                exclude: set[int] = set()
+                for _ in range(limit):
+                    candidate = await selector.choose(self.group.config, now, exclude=exclude, hold=False)
+                    if candidate is None:
+                        break
+                    exclude.add(candidate.record.offset)
+                    count = candidate.entry.delivery_count if candidate.entry else 0
+                    found.append((candidate.rank, number, candidate.record, count))
+            found.sort(key=lambda item: (item[0], item[1]))
+            return [
+                Message.from_record(topic.name, number, record, group=self.group.name, delivery_count=count)
+                for _, number, record, count in found[:limit]
+            ]
+
+    # -- failures ------------------------------------------------------------------------
+
+    def _max_reason(self, entry: Pending) -> str:
+        last = f"; last failure: {entry.last_reason}" if entry.last_reason else ""
+        return f"max deliveries ({self.group.config.max_deliveries}) reached{last}"
+
+    async def handle_expired(self) -> None:
+        """Count expired leases as failures and dead-letter those that reached max deliveries."""
+        for topic_name, number, entry in await self.group.expire_leases():
+            await self._dead_letter_if_exhausted(topic_name, number, entry)
+
+    async def nack(self, message: Message, owner: int, delay: float | None) -> None:
+        """Record a failed delivery of `message` by consumer `owner` and schedule its redelivery."""
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
+            raise InvalidArgumentError(f"delay must be a number of seconds >= 0 or None, got {delay!r}")
+        async with self.lock:
+            entry = await self.group.fail(message.topic, message.partition, message.offset, owner=owner,
+                                          delay=delay, reason="nacked")
+            await self._dead_letter_if_exhausted(message.topic, message.partition, entry)
+        self._wake_readers()
+
+    async def _dead_letter_if_exhausted(self, topic_name: str, number: int, entry: Pending) -> None:
+        max_deliveries = self.group.config.max_deliveries
+        if not max_deliveries or entry.delivery_count < max_deliveries:
+            return
+        topic = self.topics.get(topic_name)
+        if topic is None:
+            return
+        records = await topic.partitions[number].read(entry.offset, max_bytes=1)
+        record = next((r for r in records if r.offset == entry.offset), None)
+        if record is not None:
+            await self.dead_letter(topic_name, number, record, entry, reason=self._max_reason(entry))
+
+    async def reject(self, message: Message, owner: int, reason: str) -> None:
+        """Dead-letter `message` at once; raises LeaseError unless `owner` holds its lease."""
+        if not isinstance(reason, str) or not reason:
+            raise InvalidArgumentError(f"reason must be a non-empty str, got {reason!r}")
+        async with self.lock:
+            state = self.group.states[(message.topic, message.partition)]
+            entry = state._leased_by(message.offset, owner)
+            now = self.group.clock()
+            entry.first_failure = entry.first_failure if entry.first_failure is not None else now
+            entry.last_failure = now
+            record = await self._record_of(message)
+            await self.dead_letter(message.topic, message.partition, record, entry, reason=f"rejected: {reason}")
+
+    async def _record_of(self, message: Message) -> Record:
+        records = await self.topics[message.topic].partitions[message.partition].read(message.offset, max_bytes=1)
+        return next(r for r in records if r.offset == message.offset)
+
+    async def dead_letter(self, topic_name: str, number: int, record: Record, entry: Pending, *, reason: str) -> None:
+        """Copy a message to the dead-letter topic with headers naming its source, then mark it done.
+
+        The copy comes first: a crash between the two steps leaves the
+        message pending, so it may reach the dead-letter topic twice but is
+        never lost.
+        """
+        dlq_name = self.group.config.dead_letter_topic_for(topic_name, self.group.name)
+        headers = dict(record.headers)
+        headers.update({
+            DLQ_HEADER_PREFIX + "topic": topic_name,
+            DLQ_HEADER_PREFIX + "partition": str(number),
+            DLQ_HEADER_PREFIX + "offset": str(record.offset),
+            DLQ_HEADER_PREFIX + "group": self.group.name,
+            DLQ_HEADER_PREFIX + "reason": reason,
+            DLQ_HEADER_PREFIX + "delivery_count": str(entry.delivery_count),
+            DLQ_HEADER_PREFIX + "first_failure": _iso(entry.first_failure),
+            DLQ_HEADER_PREFIX + "last_failure": _iso(entry.last_failure),
+            DLQ_HEADER_PREFIX + "timestamp_ms": str(record.timestamp_ms),
+        })
+        copy = RecordInput(value=record.value, key=record.key, headers=tuple(headers.items()),
+                           priority=record.priority, flags=record.flags)
+        dlq = await self.log._dead_letter_topic(dlq_name)
+        dlq_offset = await dlq.append(0, [copy])
+        await self.group.mark_dead(topic_name, number, record.offset, reason=reason, dlq_topic=dlq_name,
+                                   dlq_offset=dlq_offset)
