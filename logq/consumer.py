@@ -167,7 +167,9 @@ class Consumer:
         if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
             raise InvalidArgumentError(f"max_messages must be an int >= 1, got {max_messages!r}")
         runtime = await self._join()
-        return await runtime.peek(self._topic, max_messages)
+        count = len(self._topic.partitions)
+        order = [(self._next_partition + step) % count for step in range(count)]
+        return await runtime.peek(self._topic, max_messages, order)
 
     async def ack(self, messages: Message | Iterable[Message]) -> int:
         """Mark messages done for this group; return how many were not done before.
@@ -189,6 +191,9 @@ class Consumer:
             for number, offsets in by_partition.items():
                 log_end = self._topic.partitions[number].log_end_offset
                 newly_done += await runtime.group.ack(self._topic.name, number, offsets, log_end)
+        if newly_done and runtime.group.config.key_ordering:
+            # An ack may free a key, whose next held message is then ready.
+            runtime._wake_readers()
         return newly_done
 
     async def ack_batch(self, messages: Iterable[Message]) -> int:
@@ -217,6 +222,7 @@ class Consumer:
         _check_seconds("seconds", seconds, allow_none=True)
         seconds = runtime.group.config.lease_timeout if seconds is None else seconds
         async with runtime.lock:
+            await runtime.handle_expired()
             return await runtime.group.extend(message.topic, message.partition, message.offset,
                                               owner=self.id, seconds=seconds)
 
@@ -257,6 +263,7 @@ class Consumer:
                 async with self._runtime.lock:
                     released = await self._runtime.group.release(self.id, unseen=unseen)
                 if released:
+                    self._runtime._wake_readers()
                     logger.info("consumer %d of group %s closed; %d unacked messages are ready again",
                                 self.id, self._group_name, released)
             self._log._forget_consumer(self)

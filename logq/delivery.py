@@ -14,7 +14,8 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from logq.consumers import Group, PartitionSelector, Pending
+from logq.consumers import Group, GroupConfig, PartitionSelector, Pending
+from logq.consumers.selection import Candidate
 from logq.errors import InvalidArgumentError
 from logq.message import Message
 from logq.segments import Record, RecordInput
@@ -73,65 +74,112 @@ class GroupRuntime:
     # -- receiving ---------------------------------------------------------------------
 
     async def take(self, consumer: Consumer, topic: Topic, order: list[int], limit: int, lease: float) -> list[Message]:
-        """Lease up to `limit` messages of `topic` to `consumer`, visiting partitions in `order`."""
+        """Lease up to `limit` messages of `topic` to `consumer`, most urgent first across partitions.
+
+        `order` breaks ties between partitions whose next messages have the
+        same priority and timestamp.
+        """
         async with self.lock:
             await self.handle_expired()
             now = self.group.clock()
             deadline = now + lease
-            config = self.group.config
-            messages: list[Message] = []
             for number in order:
-                if len(messages) >= limit:
-                    break
                 partition = topic.partitions[number]
                 await self.group.skip_removed(topic.name, number, partition.log_start_offset)
-                selector = self.selector(topic.name, number)
-                state = selector.state
-                leased: list[tuple[Record, Pending]] = []
-                dead: list[tuple[Record, Pending]] = []
-                exclude: set[int] = set()
-                while len(messages) + len(leased) < limit:
-                    candidate = await selector.choose(config, now, exclude=exclude, hold=True)
-                    if candidate is None:
-                        break
-                    record, entry = candidate.record, candidate.entry
-                    if entry is not None and config.max_deliveries and entry.delivery_count >= config.max_deliveries:
-                        dead.append((record, entry))
-                        exclude.add(record.offset)
-                        continue
-                    entry = state.lease(record.offset, priority=record.priority, key=record.key,
-                                        owner=consumer.id, deadline=deadline, key_ordering=config.key_ordering)
-                    leased.append((record, entry))
-                await self.group.record_deliveries(topic.name, number, [entry for _, entry in leased], deadline)
-                for record, entry in dead:
-                    await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
-                messages.extend(
-                    Message.from_record(topic.name, number, record, group=self.group.name, consumer=consumer,
-                                        delivery_count=entry.delivery_count, lease_deadline=deadline)
-                    for record, entry in leased
-                )
-            return messages
-
-    async def peek(self, topic: Topic, limit: int) -> list[Message]:
-        """Return what the next receives would get, changing no delivery state."""
-        async with self.lock:
-            now = self.group.clock()
-            found = []
-            for number in range(len(topic.partitions)):
-                selector = self.selector(topic.name, number)
-                exclude: set[int] = set()
-                for _ in range(limit):
-                    candidate = await selector.choose(self.group.config, now, exclude=exclude, hold=False)
-                    if candidate is None:
-                        break
-                    exclude.add(candidate.record.offset)
-                    count = candidate.entry.delivery_count if candidate.entry else 0
-                    found.append((candidate.rank, number, candidate.record, count))
-            found.sort(key=lambda item: (item[0], item[1]))
+            picks, dead = await self._pick(topic, order, limit, now, owner=consumer.id, deadline=deadline)
+            for number in order:
+                entries = [entry for picked, _, entry in picks if picked == number]
+                await self.group.record_deliveries(topic.name, number, entries, deadline)  # type: ignore[arg-type]
+            for number, record, entry in dead:
+                await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
             return [
-                Message.from_record(topic.name, number, record, group=self.group.name, delivery_count=count)
-                for _, number, record, count in found[:limit]
+                Message.from_record(topic.name, number, record, group=self.group.name, consumer=consumer,
+                                    delivery_count=entry.delivery_count, lease_deadline=deadline)  # type: ignore[union-attr]
+                for number, record, entry in picks
             ]
+
+    async def peek(self, topic: Topic, limit: int, order: list[int]) -> list[Message]:
+        """Return what a receive with the same partition `order` would get, changing no delivery state."""
+        async with self.lock:
+            await self.handle_expired()
+            picks, _ = await self._pick(topic, order, limit, self.group.clock(), owner=None, deadline=None)
+            return [
+                Message.from_record(topic.name, number, record, group=self.group.name,
+                                    delivery_count=entry.delivery_count if entry else 0)
+                for number, record, entry in picks
+            ]
+
+    async def _pick(
+        self, topic: Topic, order: list[int], limit: int, now: float, *, owner: int | None, deadline: float | None
+    ) -> tuple[list[tuple[int, Record, Pending | None]], list[tuple[int, Record, Pending]]]:
+        """Choose up to `limit` messages, merging the partitions' next candidates by priority.
+
+        With `owner` set, leases each pick to that consumer and returns the
+        entries that reached max deliveries for dead-lettering. With `owner`
+        None (a peek) nothing is leased or held, and the selectors' starvation
+        counts are restored afterwards.
+        """
+        config = self.group.config
+        selectors = {number: self.selector(topic.name, number) for number in order}
+        streaks = {number: selector.streak for number, selector in selectors.items()}
+        excluded: dict[int, set[int]] = {number: set() for number in order}
+        peeked_keys: dict[int, set[bytes]] = {number: set() for number in order}
+        heads: dict[int, tuple[Candidate, int]] = {}  # partition -> (next candidate, streak before choosing it)
+        exhausted: set[int] = set()
+        picks: list[tuple[int, Record, Pending | None]] = []
+        dead: list[tuple[int, Record, Pending]] = []
+        while len(picks) < limit:
+            for number in order:
+                if number not in heads and number not in exhausted:
+                    head = await self._next_candidate(selectors[number], config, now, excluded[number],
+                                                      peeked_keys[number], owner, dead, number)
+                    if head is None:
+                        exhausted.add(number)
+                    else:
+                        heads[number] = head
+            if not heads:
+                break
+            number = min(heads, key=lambda n: (-heads[n][0].record.priority, heads[n][0].record.timestamp_ms,
+                                               order.index(n)))
+            candidate, _ = heads.pop(number)
+            record, entry = candidate.record, candidate.entry
+            if owner is None:
+                excluded[number].add(record.offset)
+                if config.key_ordering and record.key is not None:
+                    peeked_keys[number].add(record.key)
+            else:
+                entry = selectors[number].state.lease(
+                    record.offset, priority=record.priority, key=record.key, owner=owner,
+                    deadline=deadline, key_ordering=config.key_ordering,  # type: ignore[arg-type]
+                )
+            picks.append((number, record, entry))
+        # A candidate chosen but not delivered must not count as passing over an older message.
+        for number, (_, streak_before) in heads.items():
+            selectors[number].streak = streak_before
+        if owner is None:
+            for number, selector in selectors.items():
+                selector.streak = streaks[number]
+        return picks, dead
+
+    async def _next_candidate(
+        self, selector: PartitionSelector, config: GroupConfig, now: float, excluded: set[int],
+        peeked_keys: set[bytes], owner: int | None, dead: list[tuple[int, Record, Pending]], number: int,
+    ) -> tuple[Candidate, int] | None:
+        while True:
+            streak_before = selector.streak
+            candidate = await selector.choose(config, now, exclude=excluded, hold=owner is not None)
+            if candidate is None:
+                return None
+            record, entry = candidate.record, candidate.entry
+            exhausted = entry is not None and config.max_deliveries and entry.delivery_count >= config.max_deliveries
+            # A peek skips messages whose key it already returned, as a receive would hold them.
+            held_by_peek = entry is None and record.key is not None and record.key in peeked_keys
+            if not exhausted and not held_by_peek:
+                return candidate, streak_before
+            selector.streak = streak_before
+            excluded.add(record.offset)
+            if exhausted and owner is not None:
+                dead.append((number, record, entry))  # type: ignore[arg-type]
 
     # -- failures ------------------------------------------------------------------------
 
@@ -149,6 +197,7 @@ class GroupRuntime:
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
             raise InvalidArgumentError(f"delay must be a number of seconds >= 0 or None, got {delay!r}")
         async with self.lock:
+            await self.handle_expired()
             entry = await self.group.fail(message.topic, message.partition, message.offset, owner=owner,
                                           delay=delay, reason="nacked")
             await self._dead_letter_if_exhausted(message.topic, message.partition, entry)
@@ -171,6 +220,7 @@ class GroupRuntime:
         if not isinstance(reason, str) or not reason:
             raise InvalidArgumentError(f"reason must be a non-empty str, got {reason!r}")
         async with self.lock:
+            await self.handle_expired()
             state = self.group.states[(message.topic, message.partition)]
             entry = state._leased_by(message.offset, owner)
             now = self.group.clock()

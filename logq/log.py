@@ -11,6 +11,7 @@ Layout of a data directory:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
@@ -118,6 +119,7 @@ class Log:
         self._topics: dict[str, Topic] = {}
         self._groups: dict[str, Group] = {}
         self._runtimes: dict[str, GroupRuntime] = {}
+        self._group_open_lock = asyncio.Lock()
         self._consumers: set[Consumer] = set()
         self.closed = True
 
@@ -398,21 +400,27 @@ class Log:
         self._check_open()
         validate_name(name, "group")
         group = self._groups.get(name)
-        if group is None:
-            directory = self._groups_dir / name
-            if not create and not directory.exists():
-                raise UnknownGroupError(f"consumer group {name!r} does not exist; see `logq groups list`")
-            group = await Group.open(name, directory, fsync=self.group_fsync, clock=self.clock)
-            self._groups[name] = group
+        if group is not None:
+            return group
+        # Group.open awaits, so two tasks could otherwise open the same journal twice.
+        async with self._group_open_lock:
+            group = self._groups.get(name)
+            if group is None:
+                directory = self._groups_dir / name
+                if not create and not directory.exists():
+                    raise UnknownGroupError(f"consumer group {name!r} does not exist; see `logq groups list`")
+                group = await Group.open(name, directory, fsync=self.group_fsync, clock=self.clock)
+                self._groups[name] = group
         return group
 
     async def _runtime(self, name: str) -> GroupRuntime:
         """Return the delivery runtime of group `name`, shared by its consumers (internal)."""
-        runtime = self._runtimes.get(name)
-        if runtime is None:
-            runtime = GroupRuntime(self, await self.group(name))
-            self._runtimes[name] = runtime
-        return runtime
+        if name not in self._runtimes:
+            group = await self.group(name)
+            # Another task may have created the runtime while this one awaited.
+            if name not in self._runtimes:
+                self._runtimes[name] = GroupRuntime(self, group)
+        return self._runtimes[name]
 
     async def _dead_letter_topic(self, name: str) -> Topic:
         """Return the dead-letter topic `name`, creating it with default settings (internal)."""
