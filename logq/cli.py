@@ -2,17 +2,19 @@
 
 Each command parses its options, runs one small coroutine against the data
 directory with `asyncio.run`, and prints the result. This module contains
-the app, the exit codes, the error handling and the topics and groups
-commands. `logq.cli_messages` contains produce, consume and replay, and
-`logq.cli_ingest` contains ingest. `logq.cli_format` formats output and
-`logq.cli_input` parses input. docs/cli.md describes every command and the exit codes.
+the app, the error handling and the topics and groups commands.
+`logq.cli_messages` contains produce, consume and replay, `logq.cli_queue`
+contains peek, groups configure and the dlq commands, `logq.cli_ingest`
+contains ingest and `logq.cli_demo` contains demo. `logq.cli_format` formats
+output, `logq.cli_input` parses input, and `logq.cli_common` defines the exit
+codes. docs/cli.md describes every command and the exit codes.
 """
 
 import contextlib
 import logging
 import os
 import sys
-from enum import Enum, IntEnum
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,34 +33,27 @@ from logq import (
     TopicExistsError,
 )
 from logq.cli_common import (
+    ExitCode,
     GlobalOptions,
     GroupArgument,
     JsonOption,
     TopicArgument,
+    confirm_or_exit,
     global_options,
     run_with_log,
 )
-from logq.cli_format import format_group_rows, format_table, format_topic, group_to_json, to_json_line, topic_to_json
+from logq.cli_demo import demo
+from logq.cli_format import format_group, format_table, format_topic, group_to_json, to_json_line, topic_to_json
 from logq.cli_ingest import ingest
 from logq.cli_input import parse_reset_target
 from logq.cli_messages import consume, produce, replay
+from logq.cli_queue import dlq_app, groups_configure, peek
+from logq.consumers import GroupConfig
+
+__all__ = ["ExitCode", "app", "error_message", "exit_code_for"]
 
 DEFAULT_DATA_DIR = Path("logq-data")
 TOPIC_DEFAULTS = TopicConfig()
-
-
-class ExitCode(IntEnum):
-    """Exit codes of `logq`, listed in docs/cli.md for scripts."""
-
-    OK = 0
-    ERROR = 1  # any other logq error, an OS error, or a declined confirmation
-    USAGE = 2  # Typer's code for a bad command line or option value
-    NOT_FOUND = 3  # unknown topic or group, missing input file
-    LOCKED = 4  # another process owns the data directory
-    INVALID = 5  # logq rejected a value: a name, a topic setting, a message size
-    EXISTS = 6  # the topic already exists
-    STORAGE = 7  # a file in the data directory is corrupt or unusable, or the disk is full
-    INTERRUPTED = 130  # Ctrl-C outside --follow (Typer's code, 128 + SIGINT)
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
@@ -120,13 +115,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 topics_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True, rich_markup_mode=None)
-groups_app = typer.Typer(help="List, describe and reset consumer groups.", no_args_is_help=True, rich_markup_mode=None)
+groups_app = typer.Typer(
+    help="List, describe, configure and reset consumer groups.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(topics_app, name="topics")
 app.add_typer(groups_app, name="groups")
+app.add_typer(dlq_app, name="dlq")
 app.command()(produce)
 app.command()(consume)
+app.command()(peek)
 app.command()(replay)
 app.command()(ingest)
+app.command()(demo)
+groups_app.command("configure")(groups_configure)
 
 
 @app.callback()
@@ -294,16 +295,11 @@ def topics_delete(
     # The data directory stays unlocked while the prompt waits for an answer.
     info = run_with_log(ctx, describe)
     if not yes:
-        if not sys.stdin.isatty():
-            typer.echo(
-                f"error: not deleting topic {name!r}: standard input is not a terminal, so the deletion cannot be confirmed; "
-                "pass --yes to delete without confirmation",
-                err=True,
-            )
-            raise typer.Exit(ExitCode.USAGE)
-        if not typer.confirm(f"Delete topic {name!r} and its {info.messages} messages?"):
-            typer.echo(f"topic {name!r} was not deleted", err=True)
-            raise typer.Exit(ExitCode.ERROR)
+        confirm_or_exit(
+            f"Delete topic {name!r} and its {info.messages} messages?",
+            refusal=f"not deleting topic {name!r}",
+            declined=f"topic {name!r} was not deleted",
+        )
     run_with_log(ctx, delete)
     typer.echo(f"deleted topic {name}")
 
@@ -337,18 +333,21 @@ def groups_list(ctx: typer.Context, json_output: JsonOption = False) -> None:
 
 @groups_app.command("describe")
 def groups_describe(ctx: typer.Context, group: GroupArgument, json_output: JsonOption = False) -> None:
-    """Show a group's committed offset, high watermark, lag and in-flight messages per partition.
+    """Show a group's settings and, per partition, its committed offset, lag and delivery counts.
+
+    The counts are the messages in flight (leased), waiting for redelivery,
+    held back by per-key ordering, and sent to the dead-letter topic.
 
     \b
     Example:
         logq groups describe billing --json
     """
 
-    async def work(log: Log) -> list[logq.GroupPartitionInfo]:
-        return await log.describe_group(group)
+    async def work(log: Log) -> tuple[GroupConfig, list[logq.GroupPartitionInfo]]:
+        return await log.group_config(group), await log.describe_group(group)
 
-    rows = run_with_log(ctx, work)
-    typer.echo(to_json_line(group_to_json(group, rows)) if json_output else format_group_rows(rows))
+    config, rows = run_with_log(ctx, work)
+    typer.echo(to_json_line(group_to_json(group, config, rows)) if json_output else format_group(group, config, rows))
 
 
 @groups_app.command("reset")
@@ -370,11 +369,12 @@ def groups_reset(
     """
     target = parse_reset_target(to)
 
-    async def work(log: Log) -> list[logq.GroupPartitionInfo]:
-        return await log.reset_group(group, topic, to=target)
+    async def work(log: Log) -> tuple[GroupConfig, list[logq.GroupPartitionInfo]]:
+        rows = await log.reset_group(group, topic, to=target)
+        return await log.group_config(group), rows
 
-    rows = run_with_log(ctx, work)
-    typer.echo(to_json_line(group_to_json(group, rows)) if json_output else format_group_rows(rows))
+    config, rows = run_with_log(ctx, work)
+    typer.echo(to_json_line(group_to_json(group, config, rows)) if json_output else format_group(group, config, rows))
 
 
 if __name__ == "__main__":

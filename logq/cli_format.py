@@ -16,6 +16,8 @@ import orjson
 import typer
 
 from logq import GroupPartitionInfo, Message, TopicInfo
+from logq.consumers import GroupConfig
+from logq.dead_letters import DeadLetter, RedriveReport
 
 # Placeholder for a missing key in human output, as kafka-console-consumer prints it.
 NO_KEY_TEXT = "null"
@@ -39,9 +41,15 @@ def display_text(data: bytes) -> str:
 
 
 def format_message_line(message: Message) -> str:
-    """Format a message as `partition:offset key value` for human output."""
+    """Format a message as `partition:offset key value` for human output.
+
+    A redelivered message (delivery count above 1) gets ` [delivery N]` at the end.
+    """
     key = NO_KEY_TEXT if message.key is None else display_text(message.key)
-    return f"{message.partition}:{message.offset} {key} {display_text(message.raw_value)}"
+    line = f"{message.partition}:{message.offset} {key} {display_text(message.raw_value)}"
+    if message.delivery_count > 1:
+        line += f" [delivery {message.delivery_count}]"
+    return line
 
 
 def message_to_json(message: Message) -> dict[str, Any]:
@@ -50,7 +58,8 @@ def message_to_json(message: Message) -> dict[str, Any]:
     `value` is the decoded JSON value for a message sent as JSON, the text for
     bytes that are valid UTF-8, and otherwise null with the bytes in
     `value_base64`. `value_format` distinguishes the three ("json", "text",
-    "binary"). `key` follows the same rule, with `key_base64`.
+    "binary"). `key` follows the same rule, with `key_base64`. Messages of a
+    consumer group also get `group` and `delivery_count`.
     """
     result: dict[str, Any] = {
         "topic": message.topic,
@@ -70,6 +79,7 @@ def message_to_json(message: Message) -> dict[str, Any]:
         result["value_format"] = "binary" if "value_base64" in result else "text"
     if message.group is not None:
         result["group"] = message.group
+        result["delivery_count"] = message.delivery_count
     return result
 
 
@@ -131,11 +141,15 @@ def topic_to_json(info: TopicInfo) -> dict[str, Any]:
     }
 
 
+def format_settings(settings: Sequence[tuple[str, Any]]) -> str:
+    """Format (name, value) pairs as lines of a name column and a value column."""
+    width = max(len(name) for name, _ in settings)
+    return "\n".join(f"{name.ljust(width)}  {_cell_text(value)}" for name, value in settings)
+
+
 def format_topic(info: TopicInfo) -> str:
     """Format a topic's settings and partition table for `topics describe`."""
-    settings = [("topic", info.name), *asdict(info.config).items(), ("messages", info.messages)]
-    width = max(len(name) for name, _ in settings)
-    lines = [f"{name.ljust(width)}  {_cell_text(value)}" for name, value in settings]
+    settings = format_settings([("topic", info.name), *asdict(info.config).items(), ("messages", info.messages)])
     table = format_table(
         ["partition", "log start offset", "log end offset", "high watermark", "size bytes", "segments"],
         [
@@ -143,20 +157,125 @@ def format_topic(info: TopicInfo) -> str:
             for p in info.partitions
         ],
     )
-    return "\n".join(lines) + "\n\n" + table
+    return settings + "\n\n" + table
 
 
-GROUP_COLUMNS = ["topic", "partition", "committed offset", "high watermark", "lag", "in flight"]
+GROUP_COLUMNS = [
+    "topic", "partition", "committed offset", "high watermark", "lag", "in flight", "waiting", "held", "dead-lettered",
+]
+SECONDS_SETTINGS = ("lease_timeout", "retry_delay", "retry_max_delay")
 
 
-def format_group_rows(rows: Sequence[GroupPartitionInfo]) -> str:
-    """Format a group's per-partition positions as a table."""
-    return format_table(
+def format_group_config(name: str, config: GroupConfig) -> str:
+    """Format a group's settings as name and value lines, durations with their unit."""
+    settings: list[tuple[str, Any]] = [("group", name)]
+    for setting, value in asdict(config).items():
+        if setting in SECONDS_SETTINGS:
+            value = f"{value:g} s"
+        elif setting == "dead_letter_topic" and value is None:
+            value = config.dead_letter_topic_for("<topic>", name)
+        elif setting == "starvation_limit" and value is None:
+            value = "off"
+        settings.append((setting, value))
+    return format_settings(settings)
+
+
+def format_group(name: str, config: GroupConfig, rows: Sequence[GroupPartitionInfo]) -> str:
+    """Format a group's settings and its per-partition positions and delivery counts."""
+    if not rows:
+        return format_group_config(name, config) + "\n\nthe group has not read any topic yet"
+    table = format_table(
         GROUP_COLUMNS,
-        [[r.topic, r.partition, r.committed_offset, r.high_watermark, r.lag, r.in_flight] for r in rows],
+        [
+            [r.topic, r.partition, r.committed_offset, r.high_watermark, r.lag, r.in_flight, r.waiting, r.held,
+             r.dead_lettered]
+            for r in rows
+        ],
+    )
+    return format_group_config(name, config) + "\n\n" + table
+
+
+def group_to_json(name: str, config: GroupConfig, rows: Sequence[GroupPartitionInfo]) -> dict[str, Any]:
+    """Convert a group's settings and positions to the object `groups describe --json` prints."""
+    return {"group": name, "config": asdict(config), "partitions": [asdict(row) for row in rows]}
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+DEAD_LETTER_COLUMNS = ["dlq offset", "source", "deliveries", "reason", "last failure", "redriven"]
+
+
+def format_dead_letters(letters: Sequence[DeadLetter]) -> str:
+    """Format dead letters as a table, with the source as `partition@offset` in the source topic."""
+    return format_table(
+        DEAD_LETTER_COLUMNS,
+        [
+            [
+                letter.dlq_offset, f"{letter.source_partition}@{letter.source_offset}", letter.delivery_count,
+                letter.reason, letter.last_failure or None, "yes" if letter.redriven else "no",
+            ]
+            for letter in letters
+        ],
     )
 
 
-def group_to_json(name: str, rows: Sequence[GroupPartitionInfo]) -> dict[str, Any]:
-    """Convert a group's positions to the object `groups describe --json` prints."""
-    return {"group": name, "partitions": [asdict(row) for row in rows]}
+def dead_letter_to_json(letter: DeadLetter, *, with_message: bool) -> dict[str, Any]:
+    """Convert a dead letter to the object `dlq list --json` prints, with the message too for `dlq show`."""
+    result: dict[str, Any] = {
+        "dlq_topic": letter.dlq_topic,
+        "dlq_offset": letter.dlq_offset,
+        "source_topic": letter.source_topic,
+        "source_partition": letter.source_partition,
+        "source_offset": letter.source_offset,
+        "group": letter.group,
+        "reason": letter.reason,
+        "delivery_count": letter.delivery_count,
+        "first_failure": letter.first_failure or None,
+        "last_failure": letter.last_failure or None,
+        "redriven": letter.redriven,
+    }
+    if with_message:
+        result["message"] = message_to_json(letter.message)
+    return result
+
+
+def format_dead_letter(letter: DeadLetter) -> str:
+    """Format one dead letter for `dlq show`: its facts, every header, then the value."""
+    message = letter.message
+    facts = format_settings([
+        ("dlq topic", letter.dlq_topic),
+        ("dlq offset", letter.dlq_offset),
+        ("source", f"{letter.source_topic}/{letter.source_partition}@{letter.source_offset}"),
+        ("group", letter.group),
+        ("reason", letter.reason),
+        ("delivery count", letter.delivery_count),
+        ("first failure", letter.first_failure or None),
+        ("last failure", letter.last_failure or None),
+        ("redriven", "yes" if letter.redriven else "no"),
+        ("key", NO_KEY_TEXT if message.key is None else display_text(message.key)),
+        ("priority", message.priority),
+        ("timestamp", format_timestamp(message.timestamp_ms)),
+    ])
+    headers = [f"  {name}: {display_text(text.encode('utf-8'))}" for name, text in message.headers.items()]
+    return "\n".join([facts, "headers:", *headers, "value:", display_text(message.raw_value)])
+
+
+def redrive_lines(report: RedriveReport, letters: dict[int, DeadLetter]) -> list[str]:
+    """Return one line per dead letter of a redrive, redriven or skipped with the reason."""
+    lines = []
+    for dlq_offset in report.redriven:
+        letter = letters[dlq_offset]
+        lines.append(
+            f"redriven dlq offset {dlq_offset}: {letter.source_topic}/{letter.source_partition}@{letter.source_offset}"
+        )
+    for dlq_offset, reason in sorted(report.skipped.items()):
+        lines.append(f"skipped dlq offset {dlq_offset}: {reason}")
+    return lines
+
+
+def redrive_to_json(report: RedriveReport) -> dict[str, Any]:
+    """Convert a redrive report to the object `dlq redrive --json` prints."""
+    return {
+        "redriven": report.redriven,
+        "skipped": [{"dlq_offset": offset, "reason": reason} for offset, reason in sorted(report.skipped.items())],
+    }

@@ -95,7 +95,8 @@ def _pump_chunks(
         data: bytes | Exception
         try:
             data = read()
-        except OSError as error:
+        except (OSError, ValueError) as error:
+            # ValueError: the stream was closed under the reader, as CliRunner does after a test.
             data = error
         put = chunks.put(data)
         try:

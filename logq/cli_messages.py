@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any, BinaryIO
 
 import typer
@@ -22,6 +23,14 @@ from logq.topics import partition_for_key
 DEFAULT_TIMEOUT_SECONDS = 1.0
 # Messages asked for per receive and printed per write to stdout.
 PRINT_BATCH = 500
+
+
+class AckMode(Enum):
+    """Action `consume` takes on each message after printing it."""
+
+    ACK = "ack"  # mark it done for the group
+    NACK = "nack"  # report a failed delivery, so the group redelivers it
+    NONE = "none"  # leave it leased, so closing the consumer makes it ready again
 
 
 def produce(
@@ -89,13 +98,38 @@ def consume(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Wait for new messages until Ctrl-C or SIGTERM, then exit 0.")
     ] = False,
+    no_ack: Annotated[
+        bool,
+        typer.Option(
+            "--no-ack",
+            help="Print the messages without acking or nacking them. When the command exits, its consumer closes "
+            "and releases them for redelivery. Each run counts as one delivery toward the group's max deliveries.",
+        ),
+    ] = False,
+    lease: Annotated[
+        float | None,
+        typer.Option(help="Lease of each received message in seconds, above 0. [default: the group's lease timeout]"),
+    ] = None,
+    nack: Annotated[
+        bool,
+        typer.Option(
+            "--nack",
+            help="Nack each message after printing it instead of acking it, to test redelivery and dead-lettering.",
+        ),
+    ] = False,
+    nack_delay: Annotated[
+        float | None,
+        typer.Option(help="With --nack: seconds before the group redelivers a nacked message. [default: the group's retry policy]"),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Receive messages as a member of a consumer group, and ack each one once it is printed.
 
     A new group starts at the log start offset, and a known group continues at
     its committed offset. Human output is one `partition:offset key value` line
-    per message, and --json prints one JSON object per line.
+    per message, followed by ` [delivery N]` for a redelivered message, and
+    --json prints one JSON object per line. --no-ack and --nack change what
+    happens to a message after it is printed.
 
     \b
     Example:
@@ -103,16 +137,39 @@ def consume(
     """
     check_minimum(count, 1, "--count")
     check_minimum(timeout, 0, "--timeout")
+    check_lease(lease)
     if follow and timeout is not None:
         raise typer.BadParameter("--follow waits without a time limit; drop --timeout or --follow", param_hint="'--timeout'")
+    ack_mode = choose_ack_mode(no_ack=no_ack, nack=nack, nack_delay=nack_delay)
     wait = DEFAULT_TIMEOUT_SECONDS if timeout is None else timeout
     if follow:
         wait = None
 
     async def work(log: Log) -> None:
-        await consume_and_print(log, topic, group, count=count, timeout=wait, json_output=json_output)
+        await consume_and_print(
+            log, topic, group, count=count, timeout=wait, json_output=json_output, ack_mode=ack_mode, lease=lease,
+            nack_delay=nack_delay,
+        )
 
     run_with_log(ctx, work)
+
+
+def check_lease(lease: float | None) -> None:
+    """Raise a usage error for a --lease that is not above 0 seconds."""
+    if lease is not None and not lease > 0:
+        raise typer.BadParameter(f"{lease} is not a valid lease; pass a number of seconds above 0", param_hint="'--lease'")
+
+
+def choose_ack_mode(*, no_ack: bool, nack: bool, nack_delay: float | None) -> AckMode:
+    """Return the ack mode of `consume`, raising a usage error for options that do not fit together."""
+    if no_ack and nack:
+        raise typer.BadParameter("--no-ack leaves messages leased and --nack nacks them; pass one of them", param_hint="'--nack'")
+    if nack_delay is not None and not nack:
+        raise typer.BadParameter("--nack-delay applies only with --nack; add --nack or drop --nack-delay", param_hint="'--nack-delay'")
+    check_minimum(nack_delay, 0, "--nack-delay")
+    if nack:
+        return AckMode.NACK
+    return AckMode.NONE if no_ack else AckMode.ACK
 
 
 def replay(
@@ -205,35 +262,62 @@ async def consume_and_print(
     count: int | None,
     timeout: float | None,
     json_output: bool,
+    ack_mode: AckMode = AckMode.ACK,
+    lease: float | None = None,
+    nack_delay: float | None = None,
 ) -> None:
-    """Receive as a member of `group` and print; `timeout=None` follows until SIGINT or SIGTERM."""
+    """Receive as a member of `group` and print; `timeout=None` follows until SIGINT or SIGTERM.
+
+    `lease` is in seconds (None: the group's lease timeout), and `nack_delay`
+    applies under AckMode.NACK (None: the group's retry policy).
+    """
+    receiver = _Receiver(ack_mode=ack_mode, lease=lease, nack_delay=nack_delay, json_output=json_output)
     async with log.consumer(topic, group=group, auto_ack=False) as consumer:
         if timeout is not None:
-            await _receive_and_print(consumer, count, timeout, json_output, None)
+            await receiver.print_until_done(consumer, count, timeout, None)
             return
         with StopSignal() as stop:
-            await _receive_and_print(consumer, count, None, json_output, stop)
+            await receiver.print_until_done(consumer, count, None, stop)
 
 
-async def _receive_and_print(
-    consumer: Consumer, count: int | None, timeout: float | None, json_output: bool, stop: StopSignal | None
-) -> None:
-    """Print messages until `count`, a receive that times out, or a stop signal.
+class _Receiver:
+    """The receive, print and ack loop of `consume`, with its options."""
 
-    Each batch is acked after it was written and flushed to stdout, so a
-    message the reader never got goes back to the group.
-    """
-    received = 0
-    while count is None or received < count:
-        limit = PRINT_BATCH if count is None else min(PRINT_BATCH, count - received)
-        request = consumer.receive(limit, timeout=timeout)
-        messages = await (request if stop is None else stop.run(request))
-        if not messages:
-            return
-        print_messages(messages, json_output=json_output)
-        sys.stdout.flush()
-        await consumer.ack(messages)
-        received += len(messages)
+    def __init__(self, *, ack_mode: AckMode, lease: float | None, nack_delay: float | None, json_output: bool) -> None:
+        self.ack_mode = ack_mode
+        self.lease = lease
+        self.nack_delay = nack_delay
+        self.json_output = json_output
+
+    async def print_until_done(
+        self, consumer: Consumer, count: int | None, timeout: float | None, stop: StopSignal | None
+    ) -> None:
+        """Print messages until `count`, a receive that times out, or a stop signal.
+
+        Each batch is acked (or nacked) after it was written and flushed to
+        stdout, so a message the reader never got goes back to the group.
+        """
+        received = 0
+        while count is None or received < count:
+            limit = PRINT_BATCH if count is None else min(PRINT_BATCH, count - received)
+            request = consumer.receive(limit, timeout=timeout, lease=self.lease)
+            messages = await (request if stop is None else stop.run(request))
+            if not messages:
+                return
+            print_messages(messages, json_output=self.json_output)
+            sys.stdout.flush()
+            await self.finish(consumer, messages)
+            received += len(messages)
+
+    async def finish(self, consumer: Consumer, messages: list[Message]) -> None:
+        """Ack or nack printed messages, or leave them leased, according to the ack mode."""
+        if self.ack_mode is AckMode.ACK:
+            await consumer.ack(messages)
+        elif self.ack_mode is AckMode.NACK:
+            # A nacked message is ready again at once unless a delay applies, so this
+            # run may receive it again, up to the group's max deliveries.
+            for message in messages:
+                await consumer.nack(message, delay=self.nack_delay)
 
 
 async def replay_and_print(

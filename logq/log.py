@@ -463,7 +463,11 @@ class Log:
         return await dead_letters.redrive(self, topic, group, offsets)
 
     async def purge_dead_letters(self, topic: str, *, group: str) -> int:
-        """Delete the group's dead-letter topic for `topic`; return how many dead letters it had."""
+        """Delete the group's dead-letter topic for `topic`; return how many messages it had.
+
+        A dead-letter topic shared by several topics or groups (a custom
+        `dead_letter_topic`) is deleted whole, with the dead letters of all of them.
+        """
         return await dead_letters.purge(self, topic, group)
 
     def replay(

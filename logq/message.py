@@ -43,7 +43,8 @@ class Message:
     that was sent as JSON. `raw_value` is always the stored bytes.
     `timestamp_ms` is the append time in ms since the Unix epoch. `group` is
     None for messages read by `Log.replay`. `delivery_count` counts this
-    delivery (the first is 1; 0 for replay and peek), and `lease_deadline` is
+    delivery (the first is 1). Replay gives 0, and peek gives the deliveries
+    so far. `lease_deadline` is
     when the lease ends, in seconds since the epoch (None without a lease).
     """
 

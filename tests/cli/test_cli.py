@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -648,12 +649,16 @@ def test_groups_list_and_describe(data_dir: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout) == [{"group": "billing", "topics": ["events"], "lag": 1}]
     assert table.exit_code == 0, table.output
-    assert table.stdout.splitlines()[0].split() == [
-        "TOPIC", "PARTITION", "COMMITTED", "OFFSET", "HIGH", "WATERMARK", "LAG", "IN", "FLIGHT",
+    settings, rows = table.stdout.split("\n\n")
+    assert settings.splitlines()[0].split() == ["group", "billing"]
+    assert rows.splitlines()[0].split() == [
+        "TOPIC", "PARTITION", "COMMITTED", "OFFSET", "HIGH", "WATERMARK", "LAG", "IN", "FLIGHT", "WAITING", "HELD",
+        "DEAD-LETTERED",
     ]
-    assert len(table.stdout.splitlines()) == 3
+    assert len(rows.splitlines()) == 3
     document = json.loads(described.stdout)
     assert document["group"] == "billing"
+    assert document["config"]["max_deliveries"] == 5
     by_partition = {row["partition"]: row for row in document["partitions"]}
     assert sorted(row["committed_offset"] for row in by_partition.values()) == [0, 2]
     assert sorted(row["lag"] for row in by_partition.values()) == [0, 1]
@@ -920,15 +925,26 @@ def test_command_list_complete() -> None:
     names = sorted(" ".join(path) for path, _ in COMMANDS)
 
     assert names == [
-        "consume", "groups describe", "groups list", "groups reset", "ingest", "produce", "replay",
+        "consume", "demo", "dlq list", "dlq purge", "dlq redrive", "dlq show", "groups configure",
+        "groups describe", "groups list", "groups reset", "ingest", "peek", "produce", "replay",
         "topics create", "topics delete", "topics describe", "topics list",
     ]
+
+
+def docs_section(docs: str, heading: str) -> str:
+    """Return the text of docs/cli.md from `heading` to the next heading, or "" without that heading."""
+    start = docs.find(heading)
+    if start < 0:
+        return ""
+    following = re.search(r"^#", docs[start + len(heading):], flags=re.MULTILINE)
+    return docs[start:] if following is None else docs[start:start + len(heading) + following.start()]
 
 
 @pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
 def test_command_help_and_docs(path: tuple[str, ...], command) -> None:
     result = runner.invoke(app, [*path, "--help"])
-    docs = CLI_DOCS.read_text(encoding="utf-8")
+    heading = f"### `logq {' '.join(path)}`"
+    section = docs_section(CLI_DOCS.read_text(encoding="utf-8"), heading)
 
     assert result.exit_code == 0, result.output
     assert command.help.strip(), "the command has no docstring"
@@ -937,7 +953,11 @@ def test_command_help_and_docs(path: tuple[str, ...], command) -> None:
     for param in command.params:
         if param.name != "help":
             assert getattr(param, "help", None), f"{param.name} has no help text"
-    assert f"### `logq {' '.join(path)}`" in docs
+    assert section, f"docs/cli.md has no section {heading}"
+    for param in command.params:
+        for option in [*param.opts, *getattr(param, "secondary_opts", [])]:
+            if option.startswith("--") and option != "--help":
+                assert re.search(re.escape(option) + r"(?![\w-])", section), f"{option} is not in the docs of {heading}"
 
 
 def test_exit_codes_documented() -> None:
