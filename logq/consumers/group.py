@@ -1,9 +1,9 @@
 """A consumer group: its delivery state per partition, rebuilt from its journal.
 
 Every change to the state is an event. A live change applies the event to the
-in-memory state and appends it to the journal in the same step (no await in
-between), so the journal order is the order in which changes happened, and
-replaying the journal after a crash rebuilds the same state.
+in-memory state and appends it to the journal with no await in between. So the
+journal order is the order in which changes happened, and replaying the
+journal after a crash rebuilds the same state.
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ class Group:
             return
         for offset, priority, key in event["messages"]:
             entry = state.pending.get(offset)
+            if entry is not None and entry.state is DeliveryState.DELAYED:
+                # The live group delivered it after its delay passed. Promotion writes no event.
+                entry.move(DeliveryState.READY)
             if state.is_done(offset) or (entry is not None and entry.state is not DeliveryState.READY):
                 continue
             state.lease(offset, priority=priority, key=_key_bytes(key), owner=0,
@@ -211,7 +214,10 @@ class Group:
 
     def _apply_redrive(self, event: Event, state: PartitionState | None) -> None:
         if state is not None and state.is_done(event["offset"]):
-            state.reopen(event["offset"], priority=event["priority"], key=_key_bytes(event["key"]))
+            key = _key_bytes(event["key"])
+            state.reopen(event["offset"], priority=event["priority"], key=key)
+            if self.config.key_ordering and key is not None and key not in state.busy_keys:
+                state.busy_keys[key] = event["offset"]
         self.redriven.add((event["dlq_topic"], event["dlq_offset"]))
 
     def _apply_purge(self, event: Event, state: PartitionState | None) -> None:
@@ -279,8 +285,8 @@ class Group:
                    reason: str) -> Pending:
         """Record a nack by consumer `owner`; raises LeaseError unless it holds the lease.
 
-        `delay` None uses the group's retry policy. Returns the entry, whose
-        delivery count tells the caller whether to dead-letter it.
+        `delay` None uses the group's retry policy. Returns the entry; the
+        caller dead-letters it when its delivery count reached the maximum.
         """
         state = self.states[(topic, partition)]
         entry = state._leased_by(offset, owner)

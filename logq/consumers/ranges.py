@@ -79,10 +79,11 @@ class RangeSet:
 
     def pop_run_from(self, value: int) -> int:
         """Remove the range that starts at `value` and return its end, or return `value` if none starts there."""
-        if self.starts and self.starts[0] == value:
-            end = self.ends[0]
-            del self.starts[0]
-            del self.ends[0]
+        slot = bisect.bisect_left(self.starts, value)
+        if slot < len(self.starts) and self.starts[slot] == value:
+            end = self.ends[slot]
+            del self.starts[slot]
+            del self.ends[slot]
             return end
         return value
 

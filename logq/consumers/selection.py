@@ -170,7 +170,7 @@ class PartitionSelector:
 
     async def _read_one(self, offset: int) -> Record | None:
         if self.read_ahead:
-            # The read-ahead holds consecutive offsets, so the slot is a subtraction.
+            # The read-ahead contains consecutive offsets, so the slot is a subtraction.
             slot = offset - self.read_ahead[0].offset
             if 0 <= slot < len(self.read_ahead) and self.read_ahead[slot].offset == offset:
                 return self.read_ahead[slot]

@@ -29,7 +29,7 @@ from logq.errors import LeaseError, OffsetOutOfRangeError
 
 
 class DeliveryState(enum.Enum):
-    """Where a pending message stands."""
+    """State of a pending message."""
 
     READY = "ready"
     LEASED = "leased"
@@ -209,6 +209,8 @@ class PartitionState:
         entry = self.pending.pop(offset, None)
         if entry is None and self.is_done(offset):
             return False
+        if offset in self.held_offsets:
+            self._drop_held(offset)
         if entry is not None and entry.key is not None and self.busy_keys.get(entry.key) == offset:
             self._release_key(entry.key)
         if offset >= self.committed:
@@ -235,6 +237,17 @@ class PartitionState:
         self.pending[offset] = Pending(offset=offset, priority=priority, key=key)
         self.busy_keys[key] = offset
         heapq.heappush(self.ready, (-priority, offset))
+
+    def _drop_held(self, offset: int) -> None:
+        """Remove a held message that was acked before its key came free, so it is never made ready."""
+        self.held_offsets.discard(offset)
+        for key, queue in self.held.items():
+            for item in queue:
+                if item[0] == offset:
+                    queue.remove(item)
+                    if not queue:
+                        del self.held[key]
+                    return
 
     def reopen(self, offset: int, *, priority: int, key: bytes | None) -> Pending:
         """Make a done offset ready again with a fresh delivery count (a redrive).
@@ -266,6 +279,9 @@ class PartitionState:
         """Forget offsets below `offset`, which retention deleted."""
         if offset <= self.committed:
             return
+        # Held messages go first, so freeing a key below cannot make one of them pending.
+        for stale in [o for o in self.held_offsets if o < offset]:
+            self._drop_held(stale)
         for stale in [o for o in self.pending if o < offset]:
             entry = self.pending.pop(stale)
             if entry.key is not None and self.busy_keys.get(entry.key) == stale:
@@ -279,10 +295,15 @@ class PartitionState:
     def due_leases(self, now: float) -> list[Pending]:
         """Return the leased entries whose deadline passed, earliest first."""
         expired = []
+        # A lease extended or renewed to the same deadline has two equal heap items, so report it once.
+        seen: set[int] = set()
         while self.leases and self.leases[0][0] <= now:
             deadline, offset = heapq.heappop(self.leases)
             entry = self.pending.get(offset)
-            if entry is not None and entry.state is DeliveryState.LEASED and entry.deadline == deadline:
+            if entry is None or entry.state is not DeliveryState.LEASED or entry.deadline != deadline:
+                continue
+            if offset not in seen:
+                seen.add(offset)
                 expired.append(entry)
         return expired
 
