@@ -6,35 +6,33 @@ Run from the repository root:
     python -m bench.throughput --fsync always   # durable sends; the per-call send row uses fewer messages
     python -m bench.throughput --json           # machine-readable results on stdout
 
-Every run of every scenario gets a fresh data directory from `tempfile`,
-removed afterwards. Each scenario reports the median, min and max rate over
-`--runs` runs and the median CPU time per message (`time.process_time`, which
-counts every thread of the process, including the worker threads that logq
-uses for file writes). The ratio column divides a scenario's median rate by
-the median rate of the plain-file baseline named beside it.
+The scenarios are in bench/scenarios.py. Every run of every scenario gets a
+fresh data directory from `tempfile`, removed afterwards. Each scenario
+reports the median, min and max rate over `--runs` runs and the median CPU
+time per message (`time.process_time`, which counts every thread of the
+process, including the worker threads that logq uses for file I/O). The ratio
+column divides a scenario's median rate by the median rate of the row named
+beside it: a plain-file baseline, or for a priority row the same receive and
+ack pattern without priorities.
+
+Every consume run checks, after the timed part, that each message arrived
+once and in priority-then-offset order. A failed check is printed to stderr
+at once and again under the table, and the command exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
 import statistics
-import struct
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import logq
-
-TOPIC = "bench"
-GROUP = "bench"
+from bench.scenarios import Sample, Scenario, Settings, build_scenarios, describe_priority_mix
 
 # Per-call sends under fsync="always" wait for one fsync each, and sequential
 # sends cannot share one, so that row uses this many messages by default to
@@ -42,209 +40,10 @@ GROUP = "bench"
 # 1,700 per second, so 100,000 would take about a minute per run.
 ALWAYS_PER_CALL_MESSAGES = 10_000
 
-# Length prefix of a plain-file baseline record: 4 bytes, little-endian.
-LENGTH_PREFIX = struct.Struct("<I")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Workload of one benchmark invocation, from the command line."""
-
-    messages: int
-    per_call_messages: int
-    value_bytes: int
-    batch_size: int
-    fsync: str
-    runs: int
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One timed run: messages moved, wall-clock seconds and CPU seconds of the process."""
-
-    messages: int
-    wall_seconds: float
-    cpu_seconds: float
-
-    @property
-    def rate(self) -> float:
-        """Messages per wall-clock second."""
-        return self.messages / self.wall_seconds
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """A named workload, the baseline its ratio is taken against, and the coroutine that times one run."""
-
-    name: str
-    baseline: str | None
-    run: Callable[[Path, Settings], Awaitable[Sample]]
-
-
-class Stopwatch:
-    """Wall-clock and process CPU time of a `with` block, started after a garbage collection."""
-
-    def __enter__(self) -> Stopwatch:
-        gc.collect()
-        self._wall_start = time.perf_counter()
-        self._cpu_start = time.process_time()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.wall_seconds = time.perf_counter() - self._wall_start
-        self.cpu_seconds = time.process_time() - self._cpu_start
-
-    def sample(self, messages: int) -> Sample:
-        """Return the measured times as a Sample of `messages` messages."""
-        return Sample(messages, self.wall_seconds, self.cpu_seconds)
-
-
-def make_value(size: int) -> bytes:
-    """Return `size` random bytes, so that no layer can profit from repeated content."""
-    return os.urandom(size)
-
-
-# -- logq scenarios --------------------------------------------------------------
-
-
-async def produce_per_call(directory: Path, settings: Settings) -> Sample:
-    """Time one `await log.send()` per message."""
-    value = make_value(settings.value_bytes)
-    count = settings.per_call_messages
-    async with logq.open(directory) as log:
-        await log.create_topic(TOPIC, fsync=settings.fsync)
-        with Stopwatch() as watch:
-            for _ in range(count):
-                await log.send(TOPIC, value)
-    return watch.sample(count)
-
-
-async def produce_batched(directory: Path, settings: Settings) -> Sample:
-    """Time `await log.send_batch()` with `batch_size` values per call."""
-    value = make_value(settings.value_bytes)
-    async with logq.open(directory) as log:
-        await log.create_topic(TOPIC, fsync=settings.fsync)
-        with Stopwatch() as watch:
-            await send_all_batched(log, value, settings)
-    return watch.sample(settings.messages)
-
-
-async def send_all_batched(log: logq.Log, value: bytes, settings: Settings) -> None:
-    """Send `settings.messages` copies of `value` in calls of `batch_size` values."""
-    remaining = settings.messages
-    while remaining > 0:
-        size = min(settings.batch_size, remaining)
-        await log.send_batch(TOPIC, [value] * size)
-        remaining -= size
-
-
-async def consume_auto_ack(directory: Path, settings: Settings) -> Sample:
-    """Time one group receiving a filled topic with `receive(batch_size, timeout=0)` and auto-ack."""
-    return await consume(directory, settings, auto_ack=True)
-
-
-async def consume_explicit_ack(directory: Path, settings: Settings) -> Sample:
-    """Time one group receiving a filled topic and acking each batch with `consumer.ack`."""
-    return await consume(directory, settings, auto_ack=False)
-
-
-async def consume(directory: Path, settings: Settings, *, auto_ack: bool) -> Sample:
-    """Fill a topic with batched sends, then time one consumer reading all of it.
-
-    The timed part covers joining the group, every receive and ack, and the
-    consumer's close, which acks the last batch under auto-ack.
-    """
-    value = make_value(settings.value_bytes)
-    async with logq.open(directory) as log:
-        await log.create_topic(TOPIC, fsync=settings.fsync)
-        await send_all_batched(log, value, settings)
-        consumer = log.consumer(TOPIC, group=GROUP, auto_ack=auto_ack)
-        with Stopwatch() as watch:
-            received = await receive_all(consumer, settings, auto_ack=auto_ack)
-            await consumer.close()
-    return watch.sample(received)
-
-
-async def receive_all(consumer: logq.Consumer, settings: Settings, *, auto_ack: bool) -> int:
-    """Receive until `settings.messages` messages arrived; return the count.
-
-    Raises RuntimeError when a non-blocking receive returns nothing before
-    then. The topic was filled before the consumer started, so that is a bug.
-    """
-    received = 0
-    while received < settings.messages:
-        batch = await consumer.receive(settings.batch_size, timeout=0)
-        if not batch:
-            raise RuntimeError(
-                f"receive returned no messages after {received} of {settings.messages}, "
-                "although the topic was filled beforehand; report this as a logq bug"
-            )
-        if not auto_ack:
-            await consumer.ack(batch)
-        received += len(batch)
-    return received
-
-
-# -- plain-file baselines -----------------------------------------------------------
-
-
-async def plain_file(directory: Path, settings: Settings) -> Sample:
-    """Time framed records written to one file in `batch_size`-record writes, without fsync."""
-    return write_framed_records(directory / "plain.log", settings, fsync=False)
-
-
-async def plain_file_fsync(directory: Path, settings: Settings) -> Sample:
-    """Time framed records written to one file in `batch_size`-record writes, with an fsync after each write."""
-    return write_framed_records(directory / "plain.log", settings, fsync=True)
-
-
-def write_framed_records(path: Path, settings: Settings, *, fsync: bool) -> Sample:
-    """Write `settings.messages` records, each a 4-byte length prefix and the value.
-
-    The records of each write are framed one by one in a Python loop and then
-    written with one `write` call, so the baseline includes a per-record
-    Python cost as logq does.
-    """
-    value = make_value(settings.value_bytes)
-    with path.open("wb") as file, Stopwatch() as watch:
-        remaining = settings.messages
-        while remaining > 0:
-            count = min(settings.batch_size, remaining)
-            parts = []
-            for _ in range(count):
-                parts.append(LENGTH_PREFIX.pack(len(value)))
-                parts.append(value)
-            file.write(b"".join(parts))
-            file.flush()
-            if fsync:
-                os.fsync(file.fileno())
-            remaining -= count
-    return watch.sample(settings.messages)
-
-
-# -- running and reporting ------------------------------------------------------------
-
-PLAIN_FILE = "plain file"
-PLAIN_FILE_FSYNC = "plain file + fsync per write"
-
-
-def build_scenarios(settings: Settings) -> list[Scenario]:
-    """Return the scenarios in report order, each paired with the baseline of its ratio.
-
-    Produce rows compare with the baseline of the same durability: the
-    fsync-per-write file under fsync="always", the file without fsync
-    otherwise. Consume rows never fsync the topic, so they compare with the
-    file without fsync.
-    """
-    produce_baseline = PLAIN_FILE_FSYNC if settings.fsync == "always" else PLAIN_FILE
-    return [
-        Scenario("send, one per call", produce_baseline, produce_per_call),
-        Scenario(f"send_batch, {settings.batch_size} per call", produce_baseline, produce_batched),
-        Scenario("receive, auto-ack", PLAIN_FILE, consume_auto_ack),
-        Scenario("receive + ack(batch)", PLAIN_FILE, consume_explicit_ack),
-        Scenario(PLAIN_FILE, None, plain_file),
-        Scenario(PLAIN_FILE_FSYNC, None, plain_file_fsync),
-    ]
+# The receive(1) rows pay a group journal write for every receive and every
+# ack, so they use this many messages by default to keep a run short. On the
+# machine in docs/benchmarks.md they ran at 2,000-2,400 messages per second.
+RECEIVE_ONE_MESSAGES = 10_000
 
 
 async def run_once(scenario: Scenario, settings: Settings) -> Sample:
@@ -254,14 +53,27 @@ async def run_once(scenario: Scenario, settings: Settings) -> Sample:
 
 
 async def run_all(settings: Settings) -> dict[str, list[Sample]]:
-    """Run every scenario `settings.runs` times; return the samples by scenario name."""
+    """Run every scenario `settings.runs` times; return the samples by scenario name.
+
+    Prints progress, and every failed delivery order check, to stderr as it happens.
+    """
     samples: dict[str, list[Sample]] = {}
     for scenario in build_scenarios(settings):
         samples[scenario.name] = []
         for number in range(1, settings.runs + 1):
             print(f"{scenario.name}: run {number} of {settings.runs}", file=sys.stderr, flush=True)
-            samples[scenario.name].append(await run_once(scenario, settings))
+            sample = await run_once(scenario, settings)
+            for error in sample.order_errors:
+                print(f"ORDER CHECK FAILED: {scenario.name}, run {number}: {error}", file=sys.stderr, flush=True)
+            samples[scenario.name].append(sample)
     return samples
+
+
+def order_check_result(scenario: Scenario, runs: list[Sample]) -> str | None:
+    """Return "ok" or "FAILED" for a consume scenario's delivery order check, or None for other scenarios."""
+    if not scenario.consumes:
+        return None
+    return "FAILED" if any(sample.order_errors for sample in runs) else "ok"
 
 
 def summarize(settings: Settings, samples: dict[str, list[Sample]]) -> list[dict[str, object]]:
@@ -287,8 +99,14 @@ def summarize(settings: Settings, samples: dict[str, list[Sample]]) -> list[dict
                 "cpu_us_per_message": statistics.median(cpu_per_message),
                 "baseline": scenario.baseline,
                 "ratio_to_baseline": ratio,
+                "order_check": order_check_result(scenario, runs),
                 "runs": [
-                    {"messages": s.messages, "wall_seconds": s.wall_seconds, "cpu_seconds": s.cpu_seconds}
+                    {
+                        "messages": s.messages,
+                        "wall_seconds": s.wall_seconds,
+                        "cpu_seconds": s.cpu_seconds,
+                        "order_errors": list(s.order_errors),
+                    }
                     for s in runs
                 ],
             }
@@ -339,13 +157,15 @@ def read_file_system_type(path: Path) -> str:
 
 def format_table(settings: Settings, rows: list[dict[str, object]]) -> str:
     """Return the results as a plain-text table with a header of settings and notes."""
+    width = max(len(str(row["scenario"])) for row in rows)
     header = (
-        f"{'scenario':<32} {'messages':>9} {'median msg/s':>13} {'min msg/s':>11} {'max msg/s':>11} "
-        f"{'CPU us/msg':>10} {'ratio':>9}  baseline"
+        f"{'scenario':<{width}} {'messages':>9} {'median msg/s':>13} {'min msg/s':>11} {'max msg/s':>11} "
+        f"{'CPU us/msg':>10} {'order':>6} {'ratio':>9}  baseline"
     )
     lines = [
         f"logq throughput: {settings.value_bytes}-byte values, fsync={settings.fsync}, "
-        f"batch size {settings.batch_size}, runs per scenario: {settings.runs}",
+        f"batch size {settings.batch_size}, runs per scenario: {settings.runs}, "
+        f"priority seed {settings.seed}",
         "",
         header,
         "-" * len(header),
@@ -355,18 +175,49 @@ def format_table(settings: Settings, rows: list[dict[str, object]]) -> str:
         assert isinstance(rates, dict)
         ratio = row["ratio_to_baseline"]
         lines.append(
-            f"{row['scenario']:<32} {row['messages']:>9,} {rates['median']:>13,.0f} {rates['min']:>11,.0f} "
-            f"{rates['max']:>11,.0f} {row['cpu_us_per_message']:>10.2f} "
+            f"{row['scenario']:<{width}} {row['messages']:>9,} {rates['median']:>13,.0f} {rates['min']:>11,.0f} "
+            f"{rates['max']:>11,.0f} {row['cpu_us_per_message']:>10.2f} {row['order_check'] or '':>6} "
             f"{'' if ratio is None else f'{ratio:.3g}':>9}  {row['baseline'] or ''}"
         )
     lines.append("")
-    lines.append("ratio = median msg/s of the row / median msg/s of its baseline row.")
+    lines.extend(format_notes(settings, rows))
+    return "\n".join(lines)
+
+
+def format_notes(settings: Settings, rows: list[dict[str, object]]) -> list[str]:
+    """Return the lines under the table: column meanings, reduced message counts and order check failures."""
+    lines = ["ratio = median msg/s of the row / median msg/s of its baseline row."]
+    lines.append(
+        "order = the delivery order check of every run: each message once, higher priority first, "
+        "lower offset first within a priority, checked after the timed part."
+    )
+    lines.append(
+        f"priorities: {describe_priority_mix()}, shuffled with the priority seed, "
+        "sent with one send_batch call per run of equal priority (at most the batch size). "
+        "'priority 0 in runs' sends the same calls with priority 0."
+    )
     if settings.per_call_messages != settings.messages:
         lines.append(
             f"The per-call send row uses {settings.per_call_messages:,} messages instead of "
             f"{settings.messages:,} (set it with --per-call-messages)."
         )
-    return "\n".join(lines)
+    if settings.receive_one_messages != settings.messages:
+        lines.append(
+            f"The receive(1) rows use {settings.receive_one_messages:,} messages instead of "
+            f"{settings.messages:,} (set it with --receive-one-messages)."
+        )
+    failures = [
+        f"  {row['scenario']}, run {number}: {error}"
+        for row in rows
+        for number, run in enumerate(row["runs"], start=1)  # type: ignore[arg-type]
+        for error in run["order_errors"]
+    ]
+    if failures:
+        lines.append("")
+        lines.append("ORDER CHECK FAILED: messages were lost, repeated, out of priority-then-offset order "
+                     "or delivered with another priority:")
+        lines.extend(failures)
+    return lines
 
 
 def positive_int(text: str) -> int:
@@ -388,6 +239,9 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--per-call-messages", type=positive_int, default=None,
                         help="messages per run of the one-send-per-call scenario (default: --messages, "
                              f"or {ALWAYS_PER_CALL_MESSAGES} under --fsync always)")
+    parser.add_argument("--receive-one-messages", type=positive_int, default=None,
+                        help="messages per run of the two receive(1) + ack scenarios "
+                             f"(default: {RECEIVE_ONE_MESSAGES}, or --messages when that is smaller)")
     parser.add_argument("--value-bytes", type=positive_int, default=100,
                         help="size of each message value in bytes (default: 100)")
     parser.add_argument("--batch-size", type=positive_int, default=1000,
@@ -395,6 +249,8 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, bool]:
                              "plain-file write (default: 1000)")
     parser.add_argument("--fsync", choices=("always", "interval", "never"), default="interval",
                         help="fsync setting of the benchmark topic (default: interval)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the shuffle that orders the priorities of the priority scenarios (default: 1)")
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="runs of each scenario; the report gives median, min and max (default: 3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -405,22 +261,31 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, bool]:
         per_call_messages = arguments.messages
         if arguments.fsync == "always":
             per_call_messages = min(arguments.messages, ALWAYS_PER_CALL_MESSAGES)
+    receive_one_messages = arguments.receive_one_messages
+    if receive_one_messages is None:
+        receive_one_messages = min(arguments.messages, RECEIVE_ONE_MESSAGES)
     settings = Settings(
         messages=arguments.messages,
         per_call_messages=per_call_messages,
+        receive_one_messages=receive_one_messages,
         value_bytes=arguments.value_bytes,
         batch_size=arguments.batch_size,
         fsync=arguments.fsync,
+        seed=arguments.seed,
         runs=arguments.runs,
     )
     return settings, arguments.json
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print a table, or JSON with --json."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a table, or JSON with --json; return the exit status.
+
+    The status is 1 when a delivery order check failed, 0 otherwise.
+    """
     settings, as_json = parse_settings(argv)
     samples = asyncio.run(run_all(settings))
     rows = summarize(settings, samples)
+    status = 1 if any(row["order_check"] == "FAILED" for row in rows) else 0
     if as_json:
         report = {
             "settings": {field: getattr(settings, field) for field in Settings.__dataclass_fields__},
@@ -428,14 +293,15 @@ def main(argv: list[str] | None = None) -> None:
             "results": rows,
         }
         print(json.dumps(report, indent=2))
-        return
+        return status
     machine = describe_machine()
     print(
         f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Python {machine['python']}, "
         f"temp dir {machine['temp_dir']} on {machine['temp_dir_file_system']}"
     )
     print(format_table(settings, rows))
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
