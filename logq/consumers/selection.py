@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from logq.consumers.config import GroupConfig
@@ -30,6 +30,7 @@ from logq.segments import PartitionLog, Record
 logger = logging.getLogger(__name__)
 
 READ_BYTES = 256 * 1024
+OUT_OF_ORDER_RECORDS = 20_000  # cap of the out-of-order cache, about 4 MB at 200-byte records
 MAX_SCAN = 100_000  # records the FIFO scan examines per call before giving up on this partition
 
 
@@ -58,6 +59,10 @@ class PartitionSelector:
         self.index = index
         self.state = state
         self.read_ahead: deque[Record] = deque()
+        # Records read out of FIFO order (urgent messages, redeliveries) with
+        # the urgent records that followed them in the same read, so the next
+        # urgent message of the same batch costs no read and no decode.
+        self.out_of_order: OrderedDict[int, Record] = OrderedDict()
         self.streak = 0
 
     async def choose(self, config: GroupConfig, now: float, *, exclude: set[int], hold: bool) -> Candidate | None:
@@ -174,13 +179,26 @@ class PartitionSelector:
             slot = offset - self.read_ahead[0].offset
             if 0 <= slot < len(self.read_ahead) and self.read_ahead[slot].offset == offset:
                 return self.read_ahead[slot]
+        cached = self.out_of_order.get(offset)
+        if cached is not None:
+            self.out_of_order.move_to_end(offset)
+            return cached
         if offset < self.log.log_start_offset or offset >= self.log.high_watermark:
             return None
-        records = await self.log.read(offset, max_bytes=1)
-        return next((record for record in records if record.offset == offset), None)
+        records = await self.log.read(offset, max_bytes=READ_BYTES)
+        found = None
+        for record in records:
+            if record.offset == offset:
+                found = record
+            elif record.priority:
+                self.out_of_order[record.offset] = record
+        while len(self.out_of_order) > OUT_OF_ORDER_RECORDS:
+            self.out_of_order.popitem(last=False)
+        return found
 
     def reset(self) -> None:
         """Drop cached records and the starvation count, after a group reset."""
         self.read_ahead.clear()
+        self.out_of_order.clear()
         self.streak = 0
 
