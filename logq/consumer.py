@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
@@ -26,8 +27,8 @@ _consumer_ids = itertools.count(1)
 def _check_seconds(name: str, value: object, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InvalidArgumentError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 class Consumer:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logq.delivery import DLQ_HEADER_PREFIX
+from logq.errors import InvalidArgumentError
 from logq.message import Message
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ def _skip_reason(log: Log, letter: DeadLetter | None, runtime: object, all_lette
     state = runtime.group.states.get((letter.source_topic, letter.source_partition))  # type: ignore[attr-defined]
     if state is None or not state.is_done(letter.source_offset):
         return "the message is not done in the group (it is pending, or the group was reset)"
+    if not runtime.group.is_dead(letter.source_topic, letter.source_partition, letter.source_offset):  # type: ignore[attr-defined]
+        return "the message was acked after a reset or an earlier redrive, so it is not dead in the group"
     return None
 
 
@@ -133,7 +136,22 @@ async def purge(log: Log, topic: str, group: str) -> int:
     dlq_name = owner.config.dead_letter_topic_for(topic, group)
     if dlq_name not in log.list_topics():
         return 0
+    if dlq_name == topic or any(dlq_name == t for t, _ in owner.states):
+        raise InvalidArgumentError(
+            f"refusing to purge {dlq_name!r}: group {group!r} reads it as a source topic; "
+            "set a separate dead_letter_topic with `logq groups configure`"
+        )
     count = log.describe_topic(dlq_name).messages
+    foreign = 0
+    async for message in log.replay(dlq_name):
+        if _header(message, "group") != group or _header(message, "topic") != topic:
+            foreign += 1
+    if foreign:
+        raise InvalidArgumentError(
+            f"refusing to purge {dlq_name!r}: {foreign} of its {count} messages are not dead letters "
+            f"of topic {topic!r} in group {group!r}; delete the topic with `logq topics delete` "
+            "if all of them should go"
+        )
     await log.delete_topic(dlq_name)
     await owner.forget_dead_letter_topic(dlq_name)
     return count

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -194,7 +195,7 @@ class GroupRuntime:
 
     async def nack(self, message: Message, owner: int, delay: float | None) -> None:
         """Record a failed delivery of `message` by consumer `owner` and schedule its redelivery."""
-        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0):
             raise InvalidArgumentError(f"delay must be a number of seconds >= 0 or None, got {delay!r}")
         async with self.lock:
             await self.handle_expired()

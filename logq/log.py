@@ -31,6 +31,7 @@ from logq.delivery import GroupRuntime
 from logq.errors import (
     ClosedError,
     InvalidArgumentError,
+    InvalidConfigError,
     MessageTooLargeError,
     TopicExistsError,
     UnknownGroupError,
@@ -249,6 +250,7 @@ class Log:
             await consumer.close()
         del self._topics[name]
         await topic.close()
+        await self._forget_topic_in_groups(name)
         # Renaming first makes the delete atomic: a crash leaves the whole
         # topic or nothing, and the next open empties the staging directory.
         doomed = self._staging_dir / f"delete-{name}"
@@ -257,6 +259,16 @@ class Log:
         topic.directory.rename(doomed)
         shutil.rmtree(doomed)
         logger.info("deleted topic %s", name)
+
+    async def _forget_topic_in_groups(self, name: str) -> None:
+        """Drop every group's state for a deleted topic, so a new topic of that name starts fresh."""
+        for runtime in self._runtimes.values():
+            runtime.topics.pop(name, None)
+            for partition in [p for p in runtime.selectors if p[0] == name]:
+                del runtime.selectors[partition]
+        for group_name in self.list_groups():
+            group = await self.group(group_name)
+            await group.forget_topic(name)
 
     def _topic(self, name: str) -> Topic:
         self._check_open()
@@ -436,6 +448,12 @@ class Log:
         Raises InvalidConfigError for an unknown setting or a bad value.
         """
         group = await self.group(name)
+        read_topics = {topic for topic, _ in group.states}
+        if settings.get("dead_letter_topic") in read_topics:
+            raise InvalidConfigError(
+                f"dead_letter_topic={settings['dead_letter_topic']!r} is a topic that group {name!r} reads; "
+                "dead letters would be delivered again, so pick another topic"
+            )
         return await group.configure(**settings)
 
     async def group_config(self, name: str) -> GroupConfig:
@@ -443,7 +461,12 @@ class Log:
         return (await self.group(name, create=False)).config
 
     async def peek(self, topic: str, *, group: str, max_messages: int = 1) -> list[Message]:
-        """Return what the group's next receives would get, changing nothing."""
+        """Return what the group's next receives would get, changing no delivery state.
+
+        Raises UnknownGroupError for a group that does not exist. A group that
+        never read `topic` starts reading it at its log start offset.
+        """
+        await self.group(group, create=False)
         consumer = self.consumer(topic, group=group)
         try:
             return await consumer.peek(max_messages)
@@ -572,7 +595,10 @@ def _encode_key(key: Key | None) -> bytes | None:
     if key is None or isinstance(key, bytes):
         return key
     if isinstance(key, str):
-        return key.encode("utf-8")
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(f"key {key!r} is not valid UTF-8 text ({exc.reason}); pass bytes instead") from exc
     raise InvalidArgumentError(f"key must be str or bytes, got {type(key).__name__} {key!r}")
 
 
@@ -590,6 +616,13 @@ def _check_headers(headers: Headers | None) -> tuple[tuple[str, str], ...]:
             raise InvalidArgumentError(
                 f"header {name!r} has a {type(text).__name__} value {text!r}; header values must be str"
             )
+        try:
+            name.encode("utf-8")
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(
+                f"header {name!r} is not valid UTF-8 text ({exc.reason}); use text without lone surrogates"
+            ) from exc
     return tuple(headers.items())
 
 

@@ -12,7 +12,8 @@ MAX_NAME_LENGTH: Final = 200
 def validate_name(name: object, kind: str) -> str:
     """Return `name` when it is a valid topic or group name, else raise InvalidNameError.
 
-    A valid name is a non-empty str of at most 200 characters with no path
+    A valid name is a non-empty str of at most 200 bytes in UTF-8 (file
+    systems limit a name to 255 bytes) with no path
     separator, no control character, and not "." or "..". `kind` ("topic" or
     "group") appears in the error message.
     """
@@ -29,8 +30,12 @@ def validate_name(name: object, kind: str) -> str:
 def _name_problem(name: str) -> str | None:
     if not name:
         return "it is empty"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"it has {len(name)} characters, the maximum is {MAX_NAME_LENGTH}"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 text"
+    if size > MAX_NAME_LENGTH:
+        return f"it is {size} bytes long in UTF-8, the maximum is {MAX_NAME_LENGTH}"
     if name in (".", ".."):
         return "'.' and '..' name directories"
     if "/" in name or "\\" in name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Final
@@ -9,7 +10,7 @@ from typing import Any, Final
 import orjson
 
 from logq.errors import InvalidConfigError, StorageError
-from logq.names import validate_name
+from logq.names import MAX_NAME_LENGTH, validate_name
 
 CONFIG_FILE_NAME: Final = "group.json"
 
@@ -58,8 +59,19 @@ class GroupConfig:
             validate_name(self.dead_letter_topic, "dead-letter topic")
 
     def dead_letter_topic_for(self, topic: str, group: str) -> str:
-        """Return the dead-letter topic for messages of `topic` that `group` failed."""
-        return self.dead_letter_topic or f"{topic}.{group}.dlq"
+        """Return the dead-letter topic for messages of `topic` that `group` failed.
+
+        The default is `<topic>.<group>.dlq`. When that passes the name limit,
+        the topic part is cut and a CRC-32 of both names keeps it unique.
+        """
+        if self.dead_letter_topic and self.dead_letter_topic != topic:
+            return self.dead_letter_topic
+        name = f"{topic}.{group}.dlq"
+        if len(name.encode("utf-8")) <= MAX_NAME_LENGTH:
+            return name
+        checksum = zlib.crc32(f"{topic}\0{group}".encode())
+        prefix = topic.encode("utf-8")[:MAX_NAME_LENGTH - 20].decode("utf-8", "ignore").rstrip()
+        return f"{prefix}.{checksum:08x}.dlq"
 
     def redelivery_delay(self, failures: int) -> float:
         """Return the delay in seconds before redelivery after the `failures`-th failure (first = 1)."""

@@ -51,6 +51,9 @@ class Group:
         self.clock = clock
         self.states: dict[PartitionKey, PartitionState] = {}
         self.dead_lettered: dict[PartitionKey, int] = {}
+        # Offsets that are done because they were dead-lettered (not acked), so
+        # only those can be redriven. A reset or a redrive removes them.
+        self.dead_offsets: dict[PartitionKey, set[int]] = {}
         self.redriven: set[tuple[str, int]] = set()  # (dead-letter topic, dead-letter offset)
         self.lost_consumer = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -90,6 +93,7 @@ class Group:
             partition = (item["topic"], item["partition"])
             self.states[partition] = state
             self.dead_lettered[partition] = item.get("dead_lettered", 0)
+            self.dead_offsets[partition] = set(item.get("dead_offsets", []))
         self.redriven = {(topic, offset) for topic, offset in snapshot.get("redriven", [])}
 
     def _requeue(self, state: PartitionState, entry: Pending) -> None:
@@ -116,6 +120,7 @@ class Group:
                 "topic": topic, "partition": number, "committed": state.committed,
                 "done": state.done.ranges(), "pending": pending,
                 "dead_lettered": self.dead_lettered.get((topic, number), 0),
+                "dead_offsets": sorted(self.dead_offsets.get((topic, number), ())),
             })
         return {"partitions": partitions, "redriven": sorted(self.redriven)}
 
@@ -157,10 +162,17 @@ class Group:
 
     def _apply_reset(self, event: Event, state: PartitionState | None) -> None:
         partition = (event["topic"], event["partition"])
+        self.dead_offsets.pop(partition, None)
         if state is None:
             self.states[partition] = PartitionState(committed=event["offset"])
         else:
             state.reset(event["offset"])
+
+    def _apply_forget(self, event: Event, state: PartitionState | None) -> None:
+        for partition in [p for p in self.states if p[0] == event["topic"]]:
+            del self.states[partition]
+            self.dead_lettered.pop(partition, None)
+            self.dead_offsets.pop(partition, None)
 
     def _apply_commit(self, event: Event, state: PartitionState | None) -> None:
         # Written by the first journal format: the committed offset after acks.
@@ -211,9 +223,12 @@ class Group:
         partition = (event["topic"], event["partition"])
         if state.ack(event["offset"], math.inf):  # type: ignore[arg-type]
             self.dead_lettered[partition] = self.dead_lettered.get(partition, 0) + 1
+            self.dead_offsets.setdefault(partition, set()).add(event["offset"])
 
     def _apply_redrive(self, event: Event, state: PartitionState | None) -> None:
-        if state is not None and state.is_done(event["offset"]):
+        dead = self.dead_offsets.get((event["topic"], event["partition"]), set())
+        if state is not None and state.is_done(event["offset"]) and event["offset"] in dead:
+            dead.discard(event["offset"])
             key = _key_bytes(event["key"])
             state.reopen(event["offset"], priority=event["priority"], key=key)
             if self.config.key_ordering and key is not None and key not in state.busy_keys:
@@ -337,6 +352,16 @@ class Group:
         await self._commit([{"event": "redrive", "topic": topic, "partition": partition, "offset": offset,
                              "priority": priority, "key": _key_text(key), "dlq_topic": dlq_topic,
                              "dlq_offset": dlq_offset}])
+
+    def is_dead(self, topic: str, partition: int, offset: int) -> bool:
+        """Return True when `offset` is done because it was dead-lettered and not redriven since."""
+        return offset in self.dead_offsets.get((topic, partition), ())
+
+    async def forget_topic(self, topic: str) -> None:
+        """Drop every partition state of `topic`, after the topic was deleted."""
+        if any(partition[0] == topic for partition in self.states):
+            await self._commit([{"event": "forget", "topic": topic}])
+            logger.info("group %s forgot topic %s, which was deleted", self.name, topic)
 
     async def forget_dead_letter_topic(self, dlq_topic: str) -> None:
         """Forget which dead letters of `dlq_topic` were redriven, after that topic was deleted."""
