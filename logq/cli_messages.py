@@ -13,7 +13,7 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from logq import Consumer, Log, Message
+from logq import Consumer, InvalidArgumentError, Log, Message
 from logq.cli_common import CountOption, JsonOption, TopicArgument, run_with_log
 from logq.cli_format import print_messages, to_json_line
 from logq.cli_input import StopSignal, check_minimum, parse_headers, parse_time, parse_value, read_stdin_lines
@@ -244,13 +244,22 @@ async def send_stdin_lines(
     json_values: bool,
     **send_options: Any,
 ) -> None:
-    """Send each line of `stream` as one message, one record batch per read, as the lines arrive."""
+    """Send each line of `stream` as one message, one record batch per read, as the lines arrive.
+
+    A line that does not parse stops the command, after the lines before it
+    were sent.
+    """
     line_number = 0
     async for lines in read_stdin_lines(stream):
         payloads = []
         for line in lines:
             line_number += 1
-            payloads.append(parse_value(line, f"line {line_number} of standard input", json_values=json_values))
+            try:
+                payloads.append(parse_value(line, f"line {line_number} of standard input", json_values=json_values))
+            except (InvalidArgumentError, typer.BadParameter):
+                if payloads:
+                    await send_and_print(log, topic, payloads, **send_options)
+                raise
         await send_and_print(log, topic, payloads, **send_options)
 
 

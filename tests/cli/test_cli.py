@@ -965,3 +965,10 @@ def test_exit_codes_documented() -> None:
 
     for code in ExitCode:
         assert f"| {code.value} | {code.name} |" in docs
+
+
+def test_produce_stdin_bad_line_keeps_earlier(data_dir: Path) -> None:
+    result = invoke(data_dir, "produce", "j", "--json-values", input='1\n"two"\n{bad\n4\n')
+    assert result.exit_code == 5, result.output
+    assert "line 3" in result.output
+    assert replayed_values(data_dir, "j") == [1, "two"]
