@@ -37,8 +37,8 @@ class Consumer:
     Every group receives every message of the topic. Consumers of the same
     group compete: each message is leased to one consumer at a time, for the
     group's lease timeout. A message is done when it is acked or
-    dead-lettered; a nack, an expired lease or a closed consumer makes it
-    ready for redelivery, and after the group's max deliveries it goes to the
+    dead-lettered. A nack, an expired lease or a closed consumer makes it
+    ready for redelivery. After the group's max deliveries it goes to the
     dead-letter topic.
 
     With `auto_ack=True` the messages a consumer returned are acked when it is

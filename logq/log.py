@@ -671,8 +671,8 @@ def open(  # noqa: A001
     Use `async with logq.open(path) as log:` or `log = await logq.open(path)`.
     `auto_create_topics`: `send` creates a missing topic with default settings.
     `group_fsync`: fsync mode of group journals ("always", "interval" or
-    "never"); "interval" may forget the last ~200 ms of acks on a power
-    failure, which causes redelivery, never loss. `clock`: the time source
+    "never"). Under "interval" a power failure may forget the last ~200 ms of
+    acks, which causes redelivery, never loss. `clock`: the time source
     for leases and retry delays, in seconds since the epoch; tests pass a
     fake one.
     Raises DataDirLockedError when another process owns the directory.

@@ -19,7 +19,7 @@ CONFIG_FILE_NAME: Final = "group.json"
 class GroupConfig:
     """How a consumer group leases, retries and dead-letters messages.
 
-    `lease_timeout`: seconds a consumer holds a message before it counts as a
+    `lease_timeout`: seconds a consumer may keep a message before it counts as a
     failed delivery (default 30). `max_deliveries`: deliveries after which a
     failed message goes to the dead-letter topic (default 5; 0 never
     dead-letters). `dead_letter_topic`: defaults to `<topic>.<group>.dlq`.
