@@ -39,7 +39,7 @@ class DataDirLock:
             os.close(fd)
             raise DataDirLockedError(
                 f"data directory {self.path.parent} is locked by {owner}; one process owns a "
-                "data directory at a time, so stop that process or send your work through it"
+                "data directory at a time, so stop that process or share the data through a server"
             ) from None
         except OSError as exc:
             os.close(fd)
