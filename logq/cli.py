@@ -43,7 +43,7 @@ from logq.cli_common import (
     run_with_log,
 )
 from logq.cli_demo import demo
-from logq.cli_format import format_group, format_table, format_topic, group_to_json, to_json_line, topic_to_json
+from logq.cli_format import counted, format_group, format_table, format_topic, group_to_json, to_json_line, topic_to_json
 from logq.cli_ingest import ingest
 from logq.cli_input import parse_reset_target
 from logq.cli_messages import consume, produce, replay
@@ -222,7 +222,7 @@ def topics_create(
     if json_output:
         typer.echo(to_json_line(topic_to_json(info)))
     else:
-        typer.echo(f"created topic {info.name} with {len(info.partitions)} partitions")
+        typer.echo(f"created topic {info.name} with {counted(len(info.partitions), 'partition')}")
 
 
 @topics_app.command("list")

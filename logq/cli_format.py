@@ -279,3 +279,8 @@ def redrive_to_json(report: RedriveReport) -> dict[str, Any]:
         "redriven": report.redriven,
         "skipped": [{"dlq_offset": offset, "reason": reason} for offset, reason in sorted(report.skipped.items())],
     }
+
+
+def counted(count: int, noun: str) -> str:
+    """Return "1 line" or "3 lines": `count` with `noun`, plural unless it is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -17,6 +17,7 @@ import typer
 import logq
 from logq import Log
 from logq.cli_common import global_options, run
+from logq.cli_format import counted
 from logq.cli_input import StopSignal, check_distinct_names, check_minimum, split_lines
 
 READ_CHUNK_BYTES = 1024 * 1024
@@ -225,7 +226,7 @@ async def _read_sources(log: Log, sources: list[InputFile], topic: str, *, batch
     if not follow:
         return
     ingester.on_read = lambda size: None
-    typer.echo(f"following {len(sources)} files; press Ctrl-C to stop", err=True)
+    typer.echo(f"following {counted(len(sources), 'file')}; press Ctrl-C to stop", err=True)
     with StopSignal() as stop:
         await ingester.follow(sources, stop, notify=lambda text: typer.echo(text, err=True))
 
@@ -245,8 +246,11 @@ async def open_inputs(paths: list[Path], *, keep_newlines: bool) -> list[InputFi
 
 def summary_lines(sources: list[InputFile], topic: str) -> list[str]:
     """Return one summary line per file and a total line."""
-    lines = [f"{source.path}: {source.lines} lines, {source.bytes} bytes" for source in sources]
+    lines = [f"{source.path}: {counted(source.lines, 'line')}, {counted(source.bytes, 'byte')}" for source in sources]
     total_lines = sum(source.lines for source in sources)
     total_bytes = sum(source.bytes for source in sources)
-    lines.append(f"ingested {total_lines} lines, {total_bytes} bytes from {len(sources)} files into topic {topic}")
+    lines.append(
+        f"ingested {counted(total_lines, 'line')}, {counted(total_bytes, 'byte')} "
+        f"from {counted(len(sources), 'file')} into topic {topic}"
+    )
     return lines

@@ -759,7 +759,7 @@ def test_ingest_strips_terminators(tmp_path: Path, data_dir: Path) -> None:
     by_key = {key: [m["value"] for m in messages if m["key"] == key] for key in ("first.log", "second.log")}
     assert by_key == {"first.log": ["a1", "a2 ", "", "a4 unterminated\r"], "second.log": ["b1"]}
     assert f"{first}: 4 lines, {first_size} bytes" in result.stdout
-    assert f"{second}: 1 lines, 3 bytes" in result.stdout
+    assert f"{second}: 1 line, 3 bytes" in result.stdout
     assert f"ingested 5 lines, {first_size + 3} bytes from 2 files into topic logs" in result.stdout
 
 
@@ -829,7 +829,7 @@ def test_ingest_follow_tails_lines(tmp_path: Path, data_dir: Path) -> None:
     )
 
     with killed_after(process):
-        read_line_containing(process.stderr, "following 1 files")
+        read_line_containing(process.stderr, "following 1 file")
         # Each pause spans several polls, so a partial line sent too early would show as two messages.
         time.sleep(0.6)
         with path.open("ab") as file:
