@@ -146,6 +146,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[Workload, list[Peer], list[
     """Parse the command line; return the workload, the peers, the durability classes and whether to print JSON."""
     peers = all_peers()
     peer_names = [peer.name for peer in peers]
+    default_names = [peer.name for peer in peers if peer.in_default_run]
     parser = argparse.ArgumentParser(
         prog="python -m bench.compare",
         description="Measure logq beside the peers a user would pick instead, with the same workload.",
@@ -165,7 +166,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[Workload, list[Peer], list[
     parser.add_argument("--durability", choices=DURABILITY_CLASSES, action="append",
                         help="durability class to run; repeat for both (default: both)")
     parser.add_argument("--peer", choices=peer_names, action="append",
-                        help=f"peer to run besides logq; repeat for several (default: all of {', '.join(peer_names[1:])})")
+                        help=f"peer to run besides logq; repeat for several (default: {', '.join(default_names[1:])})")
     parser.add_argument("--runs", type=positive_int, default=3,
                         help="runs of each scenario; the report gives median, min and max (default: 3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -180,7 +181,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[Workload, list[Peer], list[
         runs=arguments.runs,
         sqlite_transaction_rows=arguments.sqlite_transaction_rows,
     )
-    chosen = set(arguments.peer or peer_names) | {LOGQ}
+    chosen = set(arguments.peer or default_names) | {LOGQ}
     classes = arguments.durability or list(DURABILITY_CLASSES)
     return workload, [peer for peer in peers if peer.name in chosen], classes, arguments.json
 

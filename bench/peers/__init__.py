@@ -1,11 +1,22 @@
 """Peers of bench.compare: logq and the systems a user would pick instead, one module each."""
 
+from bench.peers import litequeue_peer, persist_queue_peer
 from bench.peers.base import Peer
 from bench.peers.logq_log import LogqPeer
 from bench.peers.plain_file import PlainFilePeer
 from bench.peers.sqlite_queue import SqlitePeer
+from bench.peers.sqlite_queue_thread import ThreadedSqlitePeer
 
 
 def all_peers() -> list[Peer]:
-    """Return every peer in report order, logq first, because each ratio divides logq's rate by a peer's."""
-    return [LogqPeer(), SqlitePeer(), PlainFilePeer()]
+    """Return every peer in report order, logq first, because each ratio divides logq's rate by a peer's.
+
+    Peers on optional packages are left out when their package is not installed.
+    """
+    peers: list[Peer] = [LogqPeer(), SqlitePeer(), ThreadedSqlitePeer()]
+    if persist_queue_peer.INSTALLED:
+        peers.append(persist_queue_peer.PersistQueuePeer())
+    if litequeue_peer.INSTALLED:
+        peers.append(litequeue_peer.LiteQueuePeer())
+    peers.append(PlainFilePeer())
+    return peers

@@ -81,6 +81,9 @@ class Peer(ABC):
 
     name: str
 
+    # False for a peer that bench.compare runs only when --peer names it.
+    in_default_run: bool = True
+
     @abstractmethod
     def describe(self, durability: Durability, workload: Workload) -> str:
         """Return the settings that implement `durability`, for the report."""

@@ -46,27 +46,32 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-class SqliteQueue(QueueClient):
-    """A queue table in one SQLite database file, used by one producer and one consumer."""
+class SqliteQueueTable:
+    """The queue table in one SQLite database file, with blocking calls for one producer and one consumer.
 
-    def __init__(self, path: Path, durability: Durability, transaction_rows: int) -> None:
+    `SqliteQueue` calls it on the event loop's thread and `ThreadedSqliteQueue`
+    through `asyncio.to_thread`, so both peers run the same SQL.
+    """
+
+    def __init__(self, path: Path, durability: Durability, transaction_rows: int,
+                 check_same_thread: bool = True) -> None:
         # isolation_level=None leaves transactions to the explicit BEGIN and COMMIT below.
-        self._connection = sqlite3.connect(path, isolation_level=None)
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(f"PRAGMA synchronous={SYNCHRONOUS[durability]}")
         self._connection.execute(SCHEMA)
         self._transaction_rows = transaction_rows
 
-    async def send_batch(self, values: list[bytes]) -> None:
+    def send_batch(self, values: list[bytes]) -> None:
         for chunk in chunks(values, self._transaction_rows):
             with self._transaction():
                 self._connection.executemany("INSERT INTO queue (payload) VALUES (?)", [(v,) for v in chunk])
 
-    async def send(self, value: bytes) -> None:
+    def send(self, value: bytes) -> None:
         with self._transaction():
             self._connection.execute("INSERT INTO queue (payload) VALUES (?)", (value,))
 
-    async def receive(self, max_messages: int) -> list[tuple[int, bytes]]:
+    def receive(self, max_messages: int) -> list[tuple[int, bytes]]:
         rows: list[tuple[int, bytes]] = []
         while len(rows) < max_messages:
             limit = min(self._transaction_rows, max_messages - len(rows))
@@ -77,24 +82,49 @@ class SqliteQueue(QueueClient):
                 break
         return rows
 
-    def message_ids(self, messages: Sequence[tuple[int, bytes]]) -> list[int]:
-        return [row[0] for row in messages]
-
-    async def ack_batch(self, messages: Sequence[tuple[int, bytes]]) -> None:
+    def ack_batch(self, messages: Sequence[tuple[int, bytes]]) -> None:
         for chunk in chunks(messages, self._transaction_rows):
             placeholders = ",".join("?" * len(chunk))
             with self._transaction():
                 self._connection.execute(f"DELETE FROM queue WHERE id IN ({placeholders})", [row[0] for row in chunk])
 
-    async def ack(self, message: tuple[int, bytes]) -> None:
+    def ack(self, message: tuple[int, bytes]) -> None:
         with self._transaction():
             self._connection.execute("DELETE FROM queue WHERE id = ?", (message[0],))
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self._connection.close()
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._connection)
+
+
+class SqliteQueue(QueueClient):
+    """The queue table, called on the event loop's thread, which each call blocks."""
+
+    def __init__(self, table: SqliteQueueTable) -> None:
+        self._table = table
+
+    async def send_batch(self, values: list[bytes]) -> None:
+        self._table.send_batch(values)
+
+    async def send(self, value: bytes) -> None:
+        self._table.send(value)
+
+    async def receive(self, max_messages: int) -> list[tuple[int, bytes]]:
+        return self._table.receive(max_messages)
+
+    def message_ids(self, messages: Sequence[tuple[int, bytes]]) -> list[int]:
+        return [row[0] for row in messages]
+
+    async def ack_batch(self, messages: Sequence[tuple[int, bytes]]) -> None:
+        self._table.ack_batch(messages)
+
+    async def ack(self, message: tuple[int, bytes]) -> None:
+        self._table.ack(message)
+
+    async def close(self) -> None:
+        self._table.close()
 
 
 class _Transaction:
@@ -121,4 +151,4 @@ class SqlitePeer(Peer):
         return {"sqlite": sqlite3.sqlite_version}
 
     async def open(self, directory: Path, durability: Durability, workload: Workload) -> QueueClient:
-        return SqliteQueue(directory / "queue.db", durability, workload.sqlite_transaction_rows)
+        return SqliteQueue(SqliteQueueTable(directory / "queue.db", durability, workload.sqlite_transaction_rows))
