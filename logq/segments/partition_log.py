@@ -10,8 +10,11 @@ the next offsets after the log end offset. Terms used below:
   still lose. Under "interval" and "never" it is the log end offset, because
   those modes accept losing the last moments of writes on a power failure.
 
-Blocking file work runs in worker threads (`asyncio.to_thread`) once per
-batch. Appends are serialized by one lock per partition; reads take no lock.
+A batch of up to 64 KiB that fits the active segment is written from the
+event loop, because a write into the page cache costs less than a hop to a
+worker thread. Fsyncs, rolls, larger writes and cold reads run in worker
+threads (`asyncio.to_thread`), once per batch. Appends are serialized by one
+lock per partition; reads take no lock.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ from logq.segments.segment import Segment
 logger = logging.getLogger(__name__)
 
 FsyncMode = Literal["always", "interval", "never"]
+
+# Batches up to this size are written from the event loop instead of a worker
+# thread. NOTE: a write into the page cache can still block under memory
+# pressure or dirty-page throttling; the limit keeps such a stall short.
+INLINE_WRITE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +248,14 @@ class PartitionLog:
             data = encode_batch(base_offset, records, timestamp_ms=timestamp_ms, codec=self.config.codec)
             header = parse_header(data)
             segment_count = len(self.segments)
-            cancelled = await _finish_in_thread(self._write, data, header)
+            if self._can_write_inline(len(data)):
+                # A small write into the page cache takes microseconds, less
+                # than the hop to a worker thread; fsyncs and rolls still go
+                # to a thread.
+                self.active_segment.append(data, header)
+                cancelled = False
+            else:
+                cancelled = await _finish_in_thread(self._write, data, header)
             self._last_timestamp_ms = timestamp_ms
             self._tail.add(base_offset, data)
             self._dirty = True
@@ -256,6 +271,11 @@ class PartitionLog:
         if self.config.fsync == "always":
             await self._flush_through(end_offset)
         return base_offset, end_offset
+
+    def _can_write_inline(self, size: int) -> bool:
+        """Return True when a batch of `size` bytes fits the active segment and is small."""
+        active = self.active_segment
+        return size <= INLINE_WRITE_BYTES and (active.size == 0 or active.size + size <= self.config.segment_bytes)
 
     def _write(self, data: bytes, header: BatchHeader) -> None:
         """Roll if the batch does not fit, then write it. Runs in a worker thread."""
