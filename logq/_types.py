@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
-Offset: TypeAlias = int
-TimestampMs: TypeAlias = int
 Headers: TypeAlias = dict[str, str]
 # bytes are stored as they are; any other value is encoded as JSON with orjson.
 Value: TypeAlias = Any

@@ -364,8 +364,8 @@ def summarize(run: DemoRun) -> Summary:
     rows.append(_check("messages processed", f"{len(fulfilment.done)} of {total}", len(fulfilment.done) == total))
     in_order, started = count_started_in_priority_order(fulfilment.receipts)
     rows.append(_check("orders started by priority", f"{in_order} of {started}", in_order == started == len(run.orders)))
-    kept = sum(1 for order in run.orders if fulfilment.order_events.get(order.order_id) == [e["event"] for e in order.events])
-    rows.append(_check("order events in sequence", f"{kept} of {len(run.orders)}", kept == len(run.orders)))
+    in_sequence = sum(1 for order in run.orders if fulfilment.order_events.get(order.order_id) == [e["event"] for e in order.events])
+    rows.append(_check("order events in sequence", f"{in_sequence} of {len(run.orders)}", in_sequence == len(run.orders)))
     dead = [letter for letter in run.dead_letters if letter.delivery_count == MAX_DELIVERIES]
     rows.append(_check("dead-lettered", f"{len(run.dead_letters)} after {MAX_DELIVERIES} deliveries",
                        len(run.dead_letters) == 1 and len(dead) == 1))

@@ -234,7 +234,7 @@ def dlq_redrive(
     Prints each dead letter redriven, and each one skipped with the reason.
     Other groups are not affected. The exit code is 0 when at least one dead
     letter was redriven or none was waiting for a redrive, and 8 when some
-    were asked for and none could be redriven.
+    were requested and none could be redriven.
 
     \b
     Example:
@@ -248,20 +248,20 @@ def dlq_redrive(
         return letters, await log.redrive(topic, group=group, offsets=offsets or None)
 
     letters, report = run_with_log(ctx, work)
-    asked = sorted(set(offsets)) if offsets else [letter.dlq_offset for letter in letters if not letter.redriven]
+    requested = sorted(set(offsets)) if offsets else [letter.dlq_offset for letter in letters if not letter.redriven]
     if json_output:
         typer.echo(to_json_line(redrive_to_json(report)))
     else:
         lines = redrive_lines(report, {letter.dlq_offset: letter for letter in letters})
         if lines:
             typer.echo("\n".join(lines))
-    if not asked:
+    if not requested:
         typer.echo(f"group {group!r} has no dead letters for topic {topic!r} that wait for a redrive", err=True)
     elif not report.redriven:
-        typer.echo("error: no dead letter was redriven; each one asked for was skipped for the reason printed above", err=True)
+        typer.echo("error: no dead letter was redriven; each requested one was skipped for the reason printed above", err=True)
         raise typer.Exit(ExitCode.NOTHING_REDRIVEN)
     elif not json_output:
-        typer.echo(f"redriven {len(report.redriven)} of {len(asked)} dead letters", err=True)
+        typer.echo(f"redriven {len(report.redriven)} of {len(requested)} dead letters", err=True)
 
 
 @dlq_app.command("purge")

@@ -111,11 +111,11 @@ class Consumer:
         _check_seconds("lease", lease, allow_none=True)
         if lease is not None and lease <= 0:
             raise InvalidArgumentError(f"lease must be a number of seconds > 0, got {lease!r}")
-        taken = [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
-        if taken:
+        buffered = [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
+        if buffered:
             if self.auto_ack:
-                self._returned.extend(taken)
-            return taken
+                self._returned.extend(buffered)
+            return buffered
         return await self._receive(max_messages, timeout, lease, count_as_returned=True)
 
     async def _receive(self, max_messages: int, timeout: float | None, lease: float | None, *,

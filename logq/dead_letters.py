@@ -1,9 +1,9 @@
 """Dead letters: listing, redriving and purging the messages a group failed.
 
 A dead letter is a copy of the failed message in the group's dead-letter
-topic (by default `<topic>.<group>.dlq`), with `logq.dlq.*` headers that name
-its source topic, partition and offset, the group, the reason, the delivery
-count and the first and last failure times (ISO 8601, UTC).
+topic, by default `<topic>.<group>.dlq`. Its `logq.dlq.*` headers name the
+source topic, partition and offset, the group, the reason, the delivery count
+and the first and last failure times (ISO 8601, UTC).
 
 Redriving a dead letter makes the original message ready again in the group
 that failed it, with a fresh delivery count. The message is not appended
@@ -91,10 +91,10 @@ async def redrive(log: Log, topic: str, group: str, offsets: Iterable[int] | Non
     runtime = await log._runtime(group)
     await runtime.join(target, "earliest")
     report = RedriveReport()
-    wanted = sorted(letters) if offsets is None else sorted(set(offsets))
-    for dlq_offset in wanted:
+    requested = sorted(letters) if offsets is None else sorted(set(offsets))
+    for dlq_offset in requested:
         letter = letters.get(dlq_offset)
-        reason = _skip_reason(log, letter, runtime, offsets is None)
+        reason = _skip_reason(log, letter, runtime)
         if reason is not None:
             if offsets is not None or letter is None or not letter.redriven:
                 report.skipped[dlq_offset] = reason
@@ -110,7 +110,7 @@ async def redrive(log: Log, topic: str, group: str, offsets: Iterable[int] | Non
     return report
 
 
-def _skip_reason(log: Log, letter: DeadLetter | None, runtime: object, all_letters: bool) -> str | None:
+def _skip_reason(log: Log, letter: DeadLetter | None, runtime: object) -> str | None:
     if letter is None:
         return "not a dead letter of this topic and group"
     if letter.redriven:

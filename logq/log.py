@@ -337,12 +337,14 @@ class Log:
         key_bytes = _encode_key(key)
         header_items = _check_headers(headers)
         _check_priority(priority)
+        shared_bytes = len(key_bytes or b"") + sum(
+            len(name.encode("utf-8")) + len(text.encode("utf-8")) for name, text in header_items
+        )
         records = []
         for value in values:
             data, flags = encode_value(value)
-            record = RecordInput(value=data, key=key_bytes, headers=header_items, priority=priority, flags=flags)
-            _check_size(record, target)
-            records.append(record)
+            _check_size(len(data) + shared_bytes, target)
+            records.append(RecordInput(value=data, key=key_bytes, headers=header_items, priority=priority, flags=flags))
         if not records:
             return []
         chosen = self._partition_for(target, key_bytes, partition)
@@ -503,8 +505,8 @@ class Log:
     ) -> AsyncIterator[Message]:
         """Iterate over a topic's messages without a group, up to the high watermark at the start.
 
-        `from_offset` applies to each partition (clamped to the log start
-        offset); `from_time` (an aware datetime, or ms since the epoch) starts
+        `from_offset` applies to each partition, clamped to the log start
+        offset. `from_time` (an aware datetime, or ms since the epoch) starts
         at the first message appended at or after it. Messages of several
         partitions are merged by timestamp. Raises UnknownTopicError and
         InvalidArgumentError (both start options, a bad partition).
@@ -631,9 +633,8 @@ def _check_priority(priority: int) -> None:
         raise InvalidArgumentError(f"priority must be an int from 0 to {MAX_PRIORITY}, got {priority!r}")
 
 
-def _check_size(record: RecordInput, topic: Topic) -> None:
-    header_bytes = sum(len(name.encode("utf-8")) + len(text.encode("utf-8")) for name, text in record.headers)
-    size = len(record.value) + len(record.key or b"") + header_bytes
+def _check_size(size: int, topic: Topic) -> None:
+    """Raise MessageTooLargeError when `size` (key, headers and value in bytes) exceeds the topic's limit."""
     limit = topic.config.max_message_bytes
     if size > limit:
         raise MessageTooLargeError(

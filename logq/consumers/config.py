@@ -17,15 +17,15 @@ CONFIG_FILE_NAME: Final = "group.json"
 
 @dataclass(frozen=True, slots=True)
 class GroupConfig:
-    """How a consumer group leases, retries and dead-letters messages.
+    """Settings for how a consumer group leases, retries and dead-letters messages.
 
     `lease_timeout`: seconds a consumer may keep a message before it counts as a
     failed delivery (default 30). `max_deliveries`: deliveries after which a
     failed message goes to the dead-letter topic (default 5; 0 never
     dead-letters). `dead_letter_topic`: defaults to `<topic>.<group>.dlq`.
-    `retry_delay`: seconds before a failed message is redelivered (default 0),
-    multiplied by `retry_backoff` for each further failure and capped at
-    `retry_max_delay` seconds; a nack with an explicit delay overrides it.
+    `retry_delay`: seconds before a failed message is redelivered (default 0).
+    It is multiplied by `retry_backoff` for each further failure and capped at
+    `retry_max_delay` seconds. A nack with an explicit delay overrides it.
     `key_ordering`: hold a key's later messages while an earlier one is
     pending. `starvation_limit`: after this many deliveries in a row that
     passed over an older waiting message, deliver the oldest one (None: strict

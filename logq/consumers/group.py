@@ -55,7 +55,6 @@ class Group:
         # only those can be redriven. A reset or a redrive removes them.
         self.dead_offsets: dict[PartitionKey, set[int]] = {}
         self.redriven: set[tuple[str, int]] = set()  # (dead-letter topic, dead-letter offset)
-        self.lost_consumer = 0
         self._timer: asyncio.TimerHandle | None = None
         self.on_timer: Callable[[], None] | None = None
 

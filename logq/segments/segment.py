@@ -1,13 +1,14 @@
 """One segment: a `.log` file of record batches and its two sparse indexes.
 
 The `.log` file is a plain concatenation of batches (see batch.py). Its name is
-the base offset, the offset of its first record, in 20 zero-padded digits; the
+the base offset, the offset of its first record, in 20 zero-padded digits. The
 `.index` and `.timeindex` files beside it share that name. Only the segment
 with the highest base offset (the active segment) is ever appended to.
 
 Methods here do blocking file I/O. The partition log calls them from a worker
-thread and serializes every call that changes the segment under its append
-lock; `read` is safe from any thread at any time.
+thread, or from the event loop for a small append, and serializes every call
+that changes the segment under its append lock. `read` is safe from any
+thread at any time.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Segment:
         self._bytes_since_index_entry = 0
         self._last_batch: BatchHeader | None = None
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        # A deleted segment keeps its descriptor until no reader holds the
+        # A deleted segment keeps its descriptor until no reader references the
         # object, so a read racing with retention never hits a reused fd.
         self._close_fd = weakref.finalize(self, os.close, self._fd)
 

@@ -11,34 +11,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from logq.errors import ClosedError, DiskFullError, OffsetOutOfRangeError
-from logq.segments import partition_log
 from logq.segments.batch import CODEC_ZSTD, Record, RecordInput, encode_batch, iter_batches
 from logq.segments.files import file_stem
 from logq.segments.partition_log import LogConfig, PartitionLog
 
+if TYPE_CHECKING:
+    from conftest import FakeClock
+
 CHILD_SCRIPT = Path(__file__).with_name("segments_child.py")
 NEVER = LogConfig(fsync="never")
-
-
-class FakeClock:
-    """Replacement for the `time` module inside partition_log, which only calls `time_ns`."""
-
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def time_ns(self) -> int:
-        return self.now_ms * 1_000_000
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock(1_700_000_000_000)
-    monkeypatch.setattr(partition_log, "time", fake)
-    return fake
 
 
 @pytest.fixture

@@ -6,35 +6,21 @@ import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from logq.errors import CorruptRecordError
-from logq.segments import partition_log
 from logq.segments.batch import CODEC_NONE, CODEC_ZSTD, HEADER_SIZE, Record, RecordInput, iter_batches
 from logq.segments.partition_log import LogConfig, PartitionLog
+
+if TYPE_CHECKING:
+    from conftest import FakeClock
 
 FIRST_SEGMENT = "00000000000000000000.log"
 BATCH_COUNT = 6
 RECORDS_PER_BATCH = 4
 CODECS = pytest.mark.parametrize("codec", [CODEC_NONE, CODEC_ZSTD], ids=["none", "zstd"])
-
-
-class FakeClock:
-    """Replacement for the `time` module inside partition_log, which only calls `time_ns`."""
-
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def time_ns(self) -> int:
-        return self.now_ms * 1_000_000
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock(1_700_000_000_000)
-    monkeypatch.setattr(partition_log, "time", fake)
-    return fake
 
 
 def value_for(offset: int) -> bytes:
