@@ -7,7 +7,7 @@ and the first and last failure times (ISO 8601, UTC).
 
 Redriving a dead letter makes the original message ready again in the group
 that failed it, with a fresh delivery count. The message is not appended
-again, so no other group sees it twice. If retention already deleted the
+again, so no other group receives it twice. If retention already deleted the
 original, the dead letter is skipped and stays in the dead-letter topic, from
 where it can be read and sent again by hand.
 """
