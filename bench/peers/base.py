@@ -7,6 +7,7 @@ peer run the same loop with the same message counts and value sizes.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +68,22 @@ class QueueClient(ABC):
     @abstractmethod
     async def ack(self, message: Any) -> None:
         """Mark one message done."""
+
+    async def receive_wait(self, max_messages: int, timeout: float) -> Sequence[Any]:
+        """Claim up to `max_messages` messages, waiting up to `timeout` seconds for the first one.
+
+        Returns an empty sequence when none arrived in time. The latency
+        scenario calls it from a consumer task while a producer task sends.
+        The default polls `receive` every 100 µs; a peer with a blocking read
+        (logq's receive timeout, XREADGROUP BLOCK, a JetStream pull fetch)
+        overrides it.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            messages = await self.receive(max_messages)
+            if messages or asyncio.get_running_loop().time() >= deadline:
+                return messages
+            await asyncio.sleep(0.0001)
 
     async def finish_consuming(self) -> None:
         """Release what the consumer holds; timed as part of the consume scenarios."""

@@ -32,6 +32,11 @@ class LogqQueue(QueueClient):
             self._consumer = self._log.consumer(TOPIC, group=GROUP, auto_ack=False)
         return await self._consumer.receive(max_messages, timeout=0)
 
+    async def receive_wait(self, max_messages: int, timeout: float) -> list[logq.Message]:
+        if self._consumer is None:
+            self._consumer = self._log.consumer(TOPIC, group=GROUP, auto_ack=False)
+        return await self._consumer.receive(max_messages, timeout=timeout)
+
     def message_ids(self, messages: Sequence[logq.Message]) -> list[int]:
         return [message.offset for message in messages]
 
