@@ -30,7 +30,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import zstandard
 
@@ -53,6 +53,9 @@ RECORD_HEADER = struct.Struct(">IIIBBi")
 HEADER_NAME_LENGTH = struct.Struct(">H")
 LENGTH_U32 = struct.Struct(">I")
 COUNT_U16 = struct.Struct(">H")
+# A record without key and headers: the record header, a header count of 0 and
+# the value length, which encode and decode handle in one struct call.
+PLAIN_RECORD_HEADER = struct.Struct(">IIIBBiHI")
 
 # A batch never needs more than this; a larger length field means garbage, and
 # trusting it would make the reader allocate gigabytes.
@@ -78,9 +81,12 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
-@dataclass(frozen=True, slots=True)
-class RecordInput:
-    """One message as the producer hands it to the log, before offsets exist."""
+class RecordInput(NamedTuple):
+    """One message as the producer hands it to the log, before offsets exist.
+
+    A named tuple rather than a dataclass because the append path builds one
+    per message, and a tuple is several times cheaper to create.
+    """
 
     value: bytes
     key: bytes | None = None
@@ -89,9 +95,12 @@ class RecordInput:
     flags: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One decoded record with its absolute offset and timestamp."""
+class Record(NamedTuple):
+    """One decoded record with its absolute offset and timestamp.
+
+    A named tuple for the same reason as RecordInput: reads decode one per
+    message.
+    """
 
     offset: int
     timestamp_ms: int
@@ -165,6 +174,23 @@ def _encode_record(out: list[bytes], offset_delta: int, timestamp_delta: int, re
     out.extend(parts)
 
 
+def _encode_records(records: Sequence[RecordInput]) -> list[bytes]:
+    """Return the encoded records as a list of byte strings to join."""
+    body: list[bytes] = []
+    append = body.append
+    pack_plain = PLAIN_RECORD_HEADER.pack
+    plain_size = PLAIN_RECORD_HEADER.size - 4
+    for delta, record in enumerate(records):
+        value, key, headers, priority, flags = record
+        if key is None and not headers:
+            # The common case in one pack: no key (length -1), no headers (count 0).
+            append(pack_plain(plain_size + len(value), delta, 0, priority, flags, -1, 0, len(value)))
+            append(value)
+        else:
+            _encode_record(body, delta, 0, record)
+    return body
+
+
 def encode_batch(
     base_offset: int,
     records: Sequence[RecordInput],
@@ -179,10 +205,7 @@ def encode_batch(
     """
     if not records:
         raise ValueError("a record batch needs at least one record")
-    body: list[bytes] = []
-    for delta, record in enumerate(records):
-        _encode_record(body, delta, 0, record)
-    payload = b"".join(body)
+    payload = b"".join(_encode_records(records))
     if codec == CODEC_ZSTD:
         payload = _zstd_compressor().compress(payload)
     after_crc = (
@@ -270,8 +293,28 @@ def decode_records(buffer: bytes | memoryview, position: int, header: BatchHeade
 
 def _decode_payload(payload: bytes, header: BatchHeader) -> list[Record]:
     records: list[Record] = []
+    append = records.append
+    base_offset = header.base_offset
+    first_timestamp = header.first_timestamp_ms
+    payload_size = len(payload)
+    unpack_plain = PLAIN_RECORD_HEADER.unpack_from
+    plain_size = PLAIN_RECORD_HEADER.size
+    no_headers: tuple[tuple[str, str], ...] = ()
     cursor = 0
     for _ in range(header.record_count):
+        if cursor + plain_size <= payload_size:
+            length, offset_delta, timestamp_delta, priority, flags, key_length, header_count, value_length = (
+                unpack_plain(payload, cursor)
+            )
+            if key_length == -1 and header_count == 0 and length == plain_size - 4 + value_length:
+                # The common case: no key, no headers, and the lengths agree.
+                end = cursor + plain_size + value_length
+                if end > payload_size:
+                    raise IndexError(f"record at payload byte {cursor} runs past the batch")
+                append(Record(base_offset + offset_delta, first_timestamp + timestamp_delta, priority, flags,
+                              None, no_headers, payload[cursor + plain_size:end]))
+                cursor = end
+                continue
         length, offset_delta, timestamp_delta, priority, flags, key_length = (
             RECORD_HEADER.unpack_from(payload, cursor)
         )
@@ -301,17 +344,8 @@ def _decode_payload(payload: bytes, header: BatchHeader) -> list[Record]:
         cursor += value_length
         if cursor != end:
             raise IndexError(f"record ends at payload byte {cursor}, its length field gives {end}")
-        records.append(
-            Record(
-                offset=header.base_offset + offset_delta,
-                timestamp_ms=header.first_timestamp_ms + timestamp_delta,
-                priority=priority,
-                flags=flags,
-                key=key,
-                headers=tuple(headers),
-                value=value,
-            )
-        )
+        append(Record(base_offset + offset_delta, first_timestamp + timestamp_delta, priority, flags,
+                      key, tuple(headers), value))
     if cursor != len(payload):
         raise IndexError(f"{len(payload) - cursor} bytes follow the last record")
     return records

@@ -91,7 +91,9 @@ def test_batch_round_trip(codec: int, records: list[RecordInput], base_offset: i
 
 @CODECS
 @settings(max_examples=30, deadline=None)
-@given(records=st.lists(st.builds(RecordInput, value=small_values, key=keys), min_size=1, max_size=5))
+@given(records=st.lists(st.builds(RecordInput, value=small_values, key=keys, headers=st.just(()),
+                                  priority=st.integers(0, 255), flags=st.integers(0, 255)),
+                        min_size=1, max_size=5))
 def test_batch_header_fields(codec: int, records: list[RecordInput]) -> None:
     data = encode_batch(BASE_OFFSET, records, timestamp_ms=TIMESTAMP_MS, codec=codec)
 
