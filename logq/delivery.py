@@ -10,6 +10,8 @@ share its runtime.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 from datetime import UTC, datetime
@@ -122,12 +124,16 @@ class GroupRuntime:
         """
         config = self.group.config
         selectors = {number: self.selector(topic.name, number) for number in order}
+        picks: list[tuple[int, Record, Pending | None]] = []
+        if owner is not None:
+            picks = await self._take_fifo_runs(selectors, order, limit, now, owner, deadline)  # type: ignore[arg-type]
+            if len(picks) == limit:
+                return picks, []
         streaks = {number: selector.streak for number, selector in selectors.items()}
         excluded: dict[int, set[int]] = {number: set() for number in order}
         peeked_keys: dict[int, set[bytes]] = {number: set() for number in order}
         heads: dict[int, tuple[Candidate, int]] = {}  # partition -> (next candidate, streak before choosing it)
         exhausted: set[int] = set()
-        picks: list[tuple[int, Record, Pending | None]] = []
         dead: list[tuple[int, Record, Pending]] = []
         while len(picks) < limit:
             for number in order:
@@ -161,6 +167,45 @@ class GroupRuntime:
             for number, selector in selectors.items():
                 selector.streak = streaks[number]
         return picks, dead
+
+    async def _take_fifo_runs(
+        self, selectors: dict[int, PartitionSelector], order: list[int], limit: int, now: float, owner: int,
+        deadline: float,
+    ) -> list[tuple[int, Record, Pending | None]]:
+        """Lease new messages in bulk when only default-priority messages in log order compete.
+
+        Returns the leased picks, possibly none; the general path of `_pick`
+        then fills up to `limit`. With several partitions the runs merge by
+        timestamp, earlier partitions in `order` first on ties, as the general
+        path would choose them. A partition whose run stopped early (at a
+        message the general path must judge) makes the merge unsafe, so then
+        nothing is leased here.
+        """
+        runs: list[tuple[int, list[Record]]] = []
+        for number in order:
+            found = await selectors[number].take_fifo_run(self.group.config, now, limit)
+            if found is None:
+                return []
+            run, complete = found
+            if not complete and len(order) > 1:
+                return []
+            if run:
+                runs.append((number, run))
+        if len(runs) == 1:
+            number, run = runs[0]
+            chosen = [(number, record) for record in run[:limit]]
+        else:
+            merged = heapq.merge(*([(number, record) for record in run] for number, run in runs),
+                                 key=lambda pick: pick[1].timestamp_ms)
+            chosen = list(itertools.islice(merged, limit))
+        picks: list[tuple[int, Record, Pending | None]] = []
+        for number, _ in runs:
+            records = [record for picked, record in chosen if picked == number]
+            entries = selectors[number].state.lease_new_run(records, owner=owner, deadline=deadline)
+            picks.extend((number, record, entry) for record, entry in zip(records, entries))
+        if len(runs) > 1:
+            picks.sort(key=lambda pick: (pick[1].timestamp_ms, order.index(pick[0])))
+        return picks
 
     async def _next_candidate(
         self, selector: PartitionSelector, config: GroupConfig, now: float, excluded: set[int],

@@ -197,8 +197,7 @@ class Group:
         if state is None:
             return
         for start, end in event["ranges"]:
-            for offset in range(start, end):
-                state.ack(offset, math.inf)  # type: ignore[arg-type]
+            state.ack_range(start, end)
 
     def _apply_fail(self, event: Event, state: PartitionState | None) -> None:
         entry = None if state is None else state.pending.get(event["offset"])

@@ -83,6 +83,57 @@ class PartitionSelector:
         best = min(candidates, key=lambda candidate: candidate.rank)
         return self._apply_starvation_limit(config, best, candidates)
 
+    async def take_fifo_run(self, config: GroupConfig, now: float, limit: int) -> tuple[list[Record], bool] | None:
+        """Return up to `limit` new messages in log order when nothing else competes for them.
+
+        This is the bulk path of a receive: it applies when no redelivery is
+        ready, no message above the default priority waits in the priority
+        index and the group has no per-key ordering, because then `choose`
+        would return these same records one by one. Returns None when it
+        does not apply. Otherwise returns the records, to be leased by the
+        caller before its next await, and whether the run ended because of
+        `limit` or the end of the log (True) rather than at a message the
+        general path must judge (False). Changes nothing but caches and the
+        cursor over done offsets.
+        """
+        state = self.state
+        state.promote_delayed(now)
+        if config.key_ordering or state.peek_ready() is not None:
+            return None
+        if await self._urgent(config, set(), False) is not None:
+            return None
+        self.streak = 0
+        read_ahead = self.read_ahead
+        while read_ahead and read_ahead[0].offset < state.cursor:
+            read_ahead.popleft()
+        if read_ahead and read_ahead[0].offset > state.cursor:
+            read_ahead.clear()
+        pending, held, done = state.pending, state.held_offsets, state.done
+        run: list[Record] = []
+        position = 0
+        while len(run) < limit:
+            if position >= len(read_ahead):
+                start = read_ahead[-1].offset + 1 if read_ahead else state.cursor
+                if start >= self.log.high_watermark:
+                    return run, True
+                more = await self.log.read(max(start, self.log.log_start_offset), max_bytes=READ_BYTES)
+                if not more:
+                    return run, True
+                read_ahead.extend(more)
+            record = read_ahead[position]
+            position += 1
+            offset = record.offset
+            if offset in pending or offset in held or offset in done:
+                if run:
+                    return run, False
+                state.pass_over(offset)
+                continue
+            if record.priority:
+                # Appended while this run read the log: the general path weighs it.
+                return run, False
+            run.append(record)
+        return run, True
+
     def _apply_starvation_limit(self, config: GroupConfig, best: Candidate, candidates: list[Candidate]) -> Candidate:
         oldest = min(candidates, key=lambda candidate: candidate.record.offset)
         if config.starvation_limit is None or oldest is best:

@@ -22,10 +22,12 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from logq.consumers.ranges import RangeSet
 from logq.errors import LeaseError, OffsetOutOfRangeError
+from logq.segments.batch import Record
 
 
 class DeliveryState(enum.Enum):
@@ -44,7 +46,7 @@ _ALLOWED = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A message delivered at least once and not done."""
 
@@ -78,7 +80,8 @@ class PartitionState:
     pending: dict[int, Pending] = field(default_factory=dict)
     ready: list[tuple[int, int]] = field(default_factory=list)  # heap of (-priority, offset)
     delayed: list[tuple[float, int]] = field(default_factory=list)  # heap of (delay end, offset)
-    leases: list[tuple[float, int]] = field(default_factory=list)  # heap of (lease deadline, offset)
+    # Heap of (lease deadline, offset), or (lease deadline, start, end) for a run leased at once.
+    leases: list[tuple[float, int] | tuple[float, int, int]] = field(default_factory=list)
     held: dict[bytes, deque[tuple[int, int]]] = field(default_factory=dict)  # key -> (offset, priority)
     held_offsets: set[int] = field(default_factory=set)
     busy_keys: dict[bytes, int] = field(default_factory=dict)  # key -> its pending offset
@@ -155,6 +158,33 @@ class PartitionState:
             self.cursor += 1
         return entry
 
+    def lease_new_run(self, records: Sequence[Record], *, owner: int, deadline: float) -> list[Pending]:
+        """Deliver new, consecutive offsets starting at the cursor to `owner` until `deadline`.
+
+        The bulk form of `lease` for what `PartitionSelector.take_fifo_run`
+        returns: the caller guarantees the offsets are new (not done, pending
+        or held), consecutive from `cursor`, and that the group has no per-key
+        ordering. One lease heap item covers the whole run.
+        """
+        if not records:
+            return []
+        first = records[0].offset
+        if first != self.cursor or records[-1].offset != first + len(records) - 1:
+            raise LeaseError(
+                f"offsets {first}..{records[-1].offset} are not a run of new offsets at the cursor {self.cursor}"
+            )
+        pending = self.pending
+        leased = DeliveryState.LEASED
+        entries = []
+        for record in records:
+            entry = Pending(record.offset, record.priority, record.key, leased, 1, owner, deadline)
+            pending[record.offset] = entry
+            entries.append(entry)
+        end = first + len(records)
+        heapq.heappush(self.leases, (deadline, first, end))
+        self.cursor = end
+        return entries
+
     def extend(self, offset: int, owner: int, deadline: float) -> Pending:
         """Move the lease deadline of `offset`; raises LeaseError unless `owner` holds its lease."""
         entry = self._leased_by(offset, owner)
@@ -217,6 +247,24 @@ class PartitionState:
             self.done.add(offset)
             self._advance_committed()
         return True
+
+    def ack_range(self, start: int, end: int) -> None:
+        """Mark every offset in [start, end) done, as `ack` on each would, with one range insert.
+
+        The caller checked that the range was written.
+        """
+        pending, held = self.pending, self.held_offsets
+        for offset in range(start, end):
+            entry = pending.pop(offset, None)
+            if entry is not None:
+                if entry.key is not None and self.busy_keys.get(entry.key) == offset:
+                    self._release_key(entry.key)
+            elif held and offset in held:
+                self._drop_held(offset)
+        start = max(start, self.committed)
+        if start < end:
+            self.done.add_range(start, end)
+            self._advance_committed()
 
     def _advance_committed(self) -> None:
         self.committed = self.done.pop_run_from(self.committed)
@@ -298,13 +346,17 @@ class PartitionState:
         # A lease extended or renewed to the same deadline has two equal heap items, so report it once.
         seen: set[int] = set()
         while self.leases and self.leases[0][0] <= now:
-            deadline, offset = heapq.heappop(self.leases)
-            entry = self.pending.get(offset)
-            if entry is None or entry.state is not DeliveryState.LEASED or entry.deadline != deadline:
-                continue
-            if offset not in seen:
-                seen.add(offset)
-                expired.append(entry)
+            item = heapq.heappop(self.leases)
+            deadline = item[0]
+            # An item is (deadline, offset) or, for a run leased at once, (deadline, start, end).
+            offsets = range(item[1], item[2]) if len(item) == 3 else (item[1],)
+            for offset in offsets:
+                entry = self.pending.get(offset)
+                if entry is None or entry.state is not DeliveryState.LEASED or entry.deadline != deadline:
+                    continue
+                if offset not in seen:
+                    seen.add(offset)
+                    expired.append(entry)
         return expired
 
     def promote_delayed(self, now: float) -> None:

@@ -34,6 +34,15 @@ def runs(values: set[int]) -> int:
     return sum(1 for value in values if value - 1 not in values)
 
 
+@dataclass(frozen=True)
+class FakeRecord:
+    """The fields of a log record that `lease_new_run` reads."""
+
+    offset: int
+    priority: int
+    key: bytes | None = None
+
+
 @dataclass
 class Expected:
     """The model of one pending offset."""
@@ -132,6 +141,35 @@ class PartitionStateMachine(RuleBasedStateMachine):
         assert entry.delivery_count == 1
         self.pending[offset] = Expected(LEASED, priority_of(offset), delivery_count=1, owner=owner, deadline=deadline)
 
+    @rule(owner=OWNERS, seconds=LEASE_SECONDS, size=st.integers(min_value=1, max_value=6))
+    def lease_new_run(self, owner: int, seconds: float, size: int) -> None:
+        # The bulk path of selection.py: pass over known offsets at the cursor, then lease
+        # the new offsets that follow, up to the first known one.
+        offset = self.state.cursor
+        while offset < LOG_END and self.state.is_known(offset):
+            self.state.pass_over(offset)
+            offset = self.state.cursor
+        run = []
+        while offset < LOG_END and len(run) < size and not self.state.is_known(offset):
+            run.append(FakeRecord(offset, priority_of(offset)))
+            offset += 1
+        if run:
+            assert run[0].offset == self.first_new()
+
+        deadline = self.now + seconds
+        entries = self.state.lease_new_run(run, owner=owner, deadline=deadline)
+        assert [entry.offset for entry in entries] == [record.offset for record in run]
+        for record in run:
+            self.pending[record.offset] = Expected(LEASED, record.priority, delivery_count=1, owner=owner,
+                                                   deadline=deadline)
+
+    @precondition(lambda self: self.state.cursor + 1 < LOG_END)
+    @rule()
+    def lease_new_run_off_cursor_raises(self) -> None:
+        cursor = self.state.cursor
+        with pytest.raises(LeaseError, match="not a run of new offsets"):
+            self.state.lease_new_run([FakeRecord(cursor + 1, 0)], owner=1, deadline=self.now + 5)
+
     @precondition(lambda self: self.offsets_in(READY))
     @rule(owner=OWNERS, seconds=LEASE_SECONDS)
     def lease_ready(self, owner: int, seconds: float) -> None:
@@ -161,6 +199,15 @@ class PartitionStateMachine(RuleBasedStateMachine):
         self.pending.pop(offset, None)
         if offset >= self.floor:
             self.acked.add(offset)
+
+    @rule(start=st.integers(min_value=0, max_value=LOG_END - 1), size=st.integers(min_value=1, max_value=8))
+    def ack_range(self, start: int, size: int) -> None:
+        end = min(start + size, LOG_END)
+        self.state.ack_range(start, end)
+        for offset in range(start, end):
+            self.pending.pop(offset, None)
+            if offset >= self.floor:
+                self.acked.add(offset)
 
     @rule(offset=UNWRITTEN)
     def ack_unwritten_raises(self, offset: int) -> None:
