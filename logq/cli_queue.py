@@ -4,7 +4,7 @@
 the data directory and prints its result as text, or as JSON with --json.
 """
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
@@ -69,7 +69,11 @@ def peek(
     # Log.peek returns the deliveries so far, and a receive now would count one more.
     # NOTE: the Message docstring documents 0 for peek, and test_peek_json_delivery_count
     # fails if Log.peek changes to that.
-    messages = [replace(message, delivery_count=message.delivery_count + 1) for message in run_with_log(ctx, work)]
+    messages = [
+        Message.from_record(message.topic, message.partition, message._record, group=message.group,
+                            delivery_count=message.delivery_count + 1)
+        for message in run_with_log(ctx, work)
+    ]
     if messages:
         print_messages(messages, json_output=json_output)
     elif not json_output:

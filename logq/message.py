@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from operator import itemgetter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +35,7 @@ def encode_value(value: Any) -> tuple[bytes, int]:
         ) from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(tuple):
     """A stored message with its position and, for a consumer group, its delivery.
 
     `value` is the decoded value: the bytes that were sent, or the Python value
@@ -44,23 +43,16 @@ class Message:
     `timestamp_ms` is the append time in ms since the Unix epoch. `group` is
     None for messages read by `Log.replay`. `delivery_count` counts this
     delivery (the first is 1). Replay gives 0, and peek gives the deliveries
-    so far. `lease_deadline` is
-    when the lease ends, in seconds since the epoch (None without a lease).
+    so far. `lease_deadline` is when the lease ends, in seconds since the
+    epoch (None without a lease).
+
+    Messages are immutable. The class is a tuple subclass because a receive
+    builds one per message and a tuple is the cheapest immutable object to
+    create. Use the attributes; the tuple layout is not part of the API.
+    Two messages are equal when every attribute is.
     """
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    headers: dict[str, str]
-    priority: int
-    raw_value: bytes
-    is_json: bool
-    group: str | None = None
-    delivery_count: int = 0
-    lease_deadline: float | None = None
-    _consumer: Consumer | None = field(default=None, repr=False, compare=False)
+    __slots__ = ()
 
     @classmethod
     def from_record(
@@ -75,20 +67,73 @@ class Message:
         lease_deadline: float | None = None,
     ) -> Message:
         """Build a message from a decoded record."""
-        return cls(
-            topic=topic,
-            partition=partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp_ms,
-            key=record.key,
-            headers=dict(record.headers),
-            priority=record.priority,
-            raw_value=record.value,
-            is_json=bool(record.flags & FLAG_JSON),
-            group=group,
-            delivery_count=delivery_count,
-            lease_deadline=lease_deadline,
-            _consumer=consumer,
+        return tuple.__new__(cls, (topic, partition, record, group, delivery_count, lease_deadline, consumer))
+
+    # The layout: (topic, partition, record, group, delivery_count, lease_deadline, consumer).
+    topic: str = property(itemgetter(0), doc="Topic name.")  # type: ignore[assignment]
+    partition: int = property(itemgetter(1), doc="Partition number.")  # type: ignore[assignment]
+    _record: Record = property(itemgetter(2))  # type: ignore[assignment]
+    group: str | None = property(itemgetter(3), doc="Consumer group, None for replay.")  # type: ignore[assignment]
+    delivery_count: int = property(itemgetter(4), doc="Deliveries counting this one.")  # type: ignore[assignment]
+    lease_deadline: float | None = property(  # type: ignore[assignment]
+        itemgetter(5), doc="End of the lease in seconds since the epoch, None without a lease."
+    )
+    _consumer: Consumer | None = property(itemgetter(6))  # type: ignore[assignment]
+
+    @property
+    def offset(self) -> int:
+        """Offset in the partition."""
+        return self[2].offset
+
+    @property
+    def timestamp_ms(self) -> int:
+        """Append time in ms since the Unix epoch."""
+        return self[2].timestamp_ms
+
+    @property
+    def key(self) -> bytes | None:
+        """Key bytes, or None."""
+        return self[2].key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers as a new dict; a repeated name keeps its last value."""
+        return dict(self[2].headers)
+
+    @property
+    def priority(self) -> int:
+        """Priority, 0 to 255; higher is delivered first."""
+        return self[2].priority
+
+    @property
+    def raw_value(self) -> bytes:
+        """The stored bytes of the value."""
+        return self[2].value
+
+    @property
+    def is_json(self) -> bool:
+        """True when the value was sent as JSON and `value` decodes it."""
+        return bool(self[2].flags & FLAG_JSON)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        # The consumer that received a message is not part of its identity.
+        return tuple.__eq__(self[:6], other[:6])
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash(self[:6])
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
+            f"timestamp_ms={self.timestamp_ms}, key={self.key!r}, headers={self.headers!r}, "
+            f"priority={self.priority}, raw_value={self.raw_value!r}, is_json={self.is_json}, "
+            f"group={self.group!r}, delivery_count={self.delivery_count}, lease_deadline={self.lease_deadline!r})"
         )
 
     @property

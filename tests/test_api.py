@@ -50,6 +50,33 @@ async def test_value_round_trip(data_dir: Path, value: object) -> None:
         assert message.group is None
 
 
+async def test_message_is_immutable_value(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.send("t", b"v", key="k", headers={"h": "1"}, priority=3)
+        first = log.consumer("t", group="g", auto_ack=False)
+        [message] = await first.receive(1)
+        [replayed] = [m async for m in log.replay("t")]
+
+        assert (message.offset, message.key, message.priority, message.raw_value) == (0, b"k", 3, b"v")
+        assert message.headers == {"h": "1"}
+        message.headers["h"] = "changed"
+        assert message.headers == {"h": "1"}
+        with pytest.raises(AttributeError):
+            message.offset = 5  # type: ignore[misc]
+        assert message != replayed
+        assert "offset=0" in repr(message) and "consumer" not in repr(message)
+        await first.close()
+
+        # Equality ignores the consumer that received the message.
+        second = log.consumer("t", group="g", auto_ack=False)
+        [again] = await second.receive(1)
+        assert again.delivery_count == 2
+        assert again != message
+        twin = logq.Message.from_record("t", 0, again._record, group="g", delivery_count=2,
+                                        lease_deadline=again.lease_deadline)
+        assert twin == again and hash(twin) == hash(again)
+
+
 async def test_keyed_messages_stay_in_one_partition(data_dir: Path) -> None:
     async with logq.open(data_dir) as log:
         await log.create_topic("t", partitions=4)

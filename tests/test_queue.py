@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
 import re
 import time
 import zlib
@@ -273,7 +272,9 @@ async def test_ack_unwritten_offset_raises(data_dir: Path) -> None:
         await log.send_batch("t", ["a", "b"])
         consumer = log.consumer("t", group="g", auto_ack=False)
         [message] = await consumer.receive(1)
-        unwritten = dataclasses.replace(message, offset=7)
+        # A forged message: the same delivery with an offset the log never wrote.
+        unwritten = logq.Message.from_record("t", 0, message._record._replace(offset=7), group="g",
+                                             consumer=message._consumer, delivery_count=1)
 
         with pytest.raises(logq.OffsetOutOfRangeError, match="offset 7"):
             await consumer.ack([message, unwritten])
@@ -643,6 +644,45 @@ async def test_peek_matches_receive(
             assert message.delivery_count == int(delivered_before), message.value
         received = await consumer.receive(4)
         assert values(peeked) == values(received)
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+async def test_bulk_receive_matches_peek(data_dir: Path, partitions: int) -> None:
+    # Receives of default-priority runs take the bulk path of selection.py, and peek
+    # always takes the general one, so equal orders show the two choose alike.
+    async with logq.open(data_dir) as log:
+        await log.create_topic("t", partitions=partitions)
+        for batch in range(6):
+            await log.send_batch("t", [f"b{batch}-{n}" for n in range(40)])
+            if batch % 2:
+                await log.send("t", f"urgent-{batch}", priority=4)
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        first = await consumer.receive(5)  # the 3 urgent messages, then 2 of priority 0
+        await first[4].nack()
+        between = await consumer.receive(1)
+
+        peeked = await consumer.peek(300)
+        received = await consumer.receive(300)
+        assert values(received) == values(peeked)
+        delivered = [*first, *between, *received]
+        assert len(delivered) == 6 * 40 + 3 + 1
+        assert sorted(set(values(delivered))) == sorted(values(delivered[:4] + delivered[5:]))
+        assert [m.delivery_count for m in delivered if m.value == first[4].value] == [1, 2]
+        assert await consumer.receive(300, timeout=0) == []
+
+
+async def test_bulk_receive_stops_at_leased_urgent(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.send_batch("t", ["a", "b"])
+        await log.send("t", "urgent", priority=7)
+        await log.send_batch("t", ["c", "d"])
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        [urgent] = await consumer.receive(1)
+        assert urgent.value == "urgent"
+
+        received = await consumer.receive(10)
+        assert values(received) == ["a", "b", "c", "d"]
+        assert [m.offset for m in received] == [0, 1, 3, 4]
 
 
 @pytest.mark.parametrize(("partitions", "settings"), list(PEEK_CASES.values()), ids=list(PEEK_CASES))
