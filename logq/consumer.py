@@ -127,6 +127,7 @@ class Consumer:
         lease_seconds = runtime.group.config.lease_timeout if lease is None else lease
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            notify_count = self._topic.notify_count
             messages = await runtime.take(self, self._topic, self._partition_order(), max_messages, lease_seconds)
             if messages:
                 if self.auto_ack and count_as_returned:
@@ -135,7 +136,7 @@ class Consumer:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            await self._topic.wait_for_append(self._wait_time(runtime, remaining))
+            await self._topic.wait_for_append(self._wait_time(runtime, remaining), since=notify_count)
             self._check_open()
 
     def _wait_time(self, runtime: GroupRuntime, remaining: float | None) -> float | None:

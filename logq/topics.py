@@ -131,7 +131,9 @@ class Topic:
         self.priority_indexes = priority_indexes
         self._unflushed_priorities = [0] * len(partitions)
         self._round_robin = itertools.cycle(range(config.partitions))
-        self._appended = asyncio.Event()
+        # Created by the first waiter, so appends with nobody waiting build no Event.
+        self._appended: asyncio.Event | None = None
+        self.notify_count = 0  # notify_readers calls so far, for waiters that must not miss one
 
     @classmethod
     async def create(cls, name: str, directory: Path, config: TopicConfig, *, staging: Path) -> Topic:
@@ -199,12 +201,23 @@ class Topic:
 
     def notify_readers(self) -> None:
         """Wake every task waiting in `wait_for_append`."""
-        self._appended.set()
-        self._appended = asyncio.Event()
+        self.notify_count += 1
+        if self._appended is not None:
+            self._appended.set()
+            self._appended = None
 
-    async def wait_for_append(self, timeout: float | None) -> bool:
-        """Wait for the next append to any partition; return False on timeout."""
+    async def wait_for_append(self, timeout: float | None, *, since: int | None = None) -> bool:
+        """Wait for the next append to any partition; return False on timeout.
+
+        With `since`, a `notify_count` read earlier, returns at once when a
+        notification came after that read, so a caller that looked for data
+        and then waits cannot miss an append that happened in between.
+        """
+        if since is not None and since != self.notify_count:
+            return True
         try:
+            if self._appended is None:
+                self._appended = asyncio.Event()
             await asyncio.wait_for(self._appended.wait(), timeout)
         except TimeoutError:
             return False

@@ -735,6 +735,37 @@ async def test_blocking_receive_wakes_on_expiry(data_dir: Path) -> None:
         assert 0.15 <= elapsed < 2.0
 
 
+async def test_blocking_receive_wakes_on_later_expiry(data_dir: Path) -> None:
+    # The timer first armed for the short lease must be moved on to the longer one
+    # once the short one is acked.
+    async with logq.open(data_dir) as log:
+        await log.send_batch("t", ["short", "long"])
+        first = log.consumer("t", group="g", auto_ack=False)
+        [short] = await first.receive(1, lease=0.2)
+        [long] = await first.receive(1, lease=0.6)
+        await short.ack()
+        second = log.consumer("t", group="g", auto_ack=False)
+
+        started = time.monotonic()
+        [message] = await second.receive(1, timeout=5)
+        elapsed = time.monotonic() - started
+        assert message.value == "long"
+        assert message.delivery_count == 2
+        assert 0.4 <= elapsed < 2.0
+
+
+async def test_wait_for_append_sees_earlier_notify(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.create_topic("t")
+        seen = log._topics["t"].notify_count
+        await log.send("t", "job")
+
+        started = time.monotonic()
+        assert await log._topics["t"].wait_for_append(5, since=seen) is True
+        assert time.monotonic() - started < 0.5
+        assert await log._topics["t"].wait_for_append(0.05) is False
+
+
 async def make_ready_by_nack(consumer: logq.Consumer, message: logq.Message) -> None:
     await message.nack()
 

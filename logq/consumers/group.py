@@ -56,6 +56,7 @@ class Group:
         self.dead_offsets: dict[PartitionKey, set[int]] = {}
         self.redriven: set[tuple[str, int]] = set()  # (dead-letter topic, dead-letter offset)
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0  # the group-clock time `_timer` was armed for
         self.on_timer: Callable[[], None] | None = None
 
     # -- opening, replay and snapshots -------------------------------------------------
@@ -408,17 +409,27 @@ class Group:
         if self.on_timer is None:
             return
         when = self.next_timer()
+        if when is None:
+            # A timer still armed for an earlier deadline only wakes readers early, which is harmless.
+            return
         if self._timer is not None:
+            if self._timer_when <= when:
+                # Most writes end here: rescheduling a loop timer per journal write cost several µs.
+                return
             self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            delay = max(0.0, when - self.clock())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._fire_timer)
+        self._timer_when = when
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, when - self.clock()), self._fire_timer)
 
     def _fire_timer(self) -> None:
         self._timer = None
         if self.on_timer is not None:
             self.on_timer()
+        # The deadline this timer was armed for may have gone (acked or extended), so arm
+        # the next one. A deadline already passed is left to the readers just woken,
+        # which expire it, instead of a timer that would fire again at once.
+        when = self.next_timer()
+        if when is not None and when > self.clock():
+            self._arm_timer()
 
 
 def _to_ranges(offsets: list[int]) -> list[list[int]]:

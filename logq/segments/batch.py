@@ -29,7 +29,6 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import zstandard
@@ -111,9 +110,11 @@ class Record(NamedTuple):
     value: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class BatchHeader:
-    """The fixed header of a batch, read without checking the CRC."""
+class BatchHeader(NamedTuple):
+    """The fixed header of a batch, read without checking the CRC.
+
+    A named tuple because every append and read parses one.
+    """
 
     base_offset: int
     batch_length: int

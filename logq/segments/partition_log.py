@@ -127,7 +127,8 @@ class PartitionLog:
         self._interval_task: asyncio.Task[None] | None = None
         self._dirty = False
         self._last_timestamp_ms = max((s.max_timestamp_ms or 0) for s in segments)
-        self._data_event = asyncio.Event()
+        # Created by the first waiter, so appends with nobody waiting build no Event.
+        self._data_event: asyncio.Event | None = None
         self._tail = _TailCache(config.tail_cache_bytes)
         self._closed = False
         self._retention_task: asyncio.Task[None] | None = None
@@ -183,7 +184,7 @@ class PartitionLog:
             if self._flush_task is not None:
                 await asyncio.shield(self._flush_task)
             await asyncio.to_thread(self._close_files)
-            self._data_event.set()
+            self._notify_readers()
         logger.info("closed partition %s at log end offset %d", self.directory, self.log_end_offset)
 
     def _close_files(self) -> None:
@@ -349,8 +350,9 @@ class PartitionLog:
                              self.directory, interval, exc)
 
     def _notify_readers(self) -> None:
-        self._data_event.set()
-        self._data_event = asyncio.Event()
+        if self._data_event is not None:
+            self._data_event.set()
+            self._data_event = None
 
     async def wait_for_data(self, offset: int, timeout: float | None) -> bool:
         """Wait until the high watermark passes `offset`; return False on timeout.
@@ -364,6 +366,8 @@ class PartitionLog:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return False
+            if self._data_event is None:
+                self._data_event = asyncio.Event()
             try:
                 await asyncio.wait_for(self._data_event.wait(), remaining)
             except TimeoutError:
