@@ -341,10 +341,17 @@ class Log:
             len(name.encode("utf-8")) + len(text.encode("utf-8")) for name, text in header_items
         )
         records = []
+        append = records.append
+        room = target.config.max_message_bytes - shared_bytes
+        make_record = tuple.__new__  # RecordInput(...) with keywords costs twice as much per message
         for value in values:
-            data, flags = encode_value(value)
-            _check_size(len(data) + shared_bytes, target)
-            records.append(RecordInput(value=data, key=key_bytes, headers=header_items, priority=priority, flags=flags))
+            if type(value) is bytes:
+                data, flags = value, 0
+            else:
+                data, flags = encode_value(value)
+            if len(data) > room:
+                _check_size(len(data) + shared_bytes, target)
+            append(make_record(RecordInput, (data, key_bytes, header_items, priority, flags)))
         if not records:
             return []
         chosen = self._partition_for(target, key_bytes, partition)

@@ -181,7 +181,8 @@ def _encode_records(records: Sequence[RecordInput]) -> list[bytes]:
     append = body.append
     pack_plain = PLAIN_RECORD_HEADER.pack
     plain_size = PLAIN_RECORD_HEADER.size - 4
-    for delta, record in enumerate(records):
+    delta = 0
+    for record in records:
         value, key, headers, priority, flags = record
         if key is None and not headers:
             # The common case in one pack: no key (length -1), no headers (count 0).
@@ -189,6 +190,7 @@ def _encode_records(records: Sequence[RecordInput]) -> list[bytes]:
             append(value)
         else:
             _encode_record(body, delta, 0, record)
+        delta += 1
     return body
 
 
