@@ -185,8 +185,10 @@ class Consumer:
         if isinstance(messages, Message):
             messages = [messages]
         by_partition: dict[int, list[int]] = defaultdict(list)
+        topic_name, group_name = self._topic.name, self._group_name
         for message in messages:
-            self._check_mine(message)
+            if not isinstance(message, Message) or message.topic != topic_name or message.group != group_name:
+                self._check_mine(message)
             by_partition[message.partition].append(message.offset)
         newly_done = 0
         async with runtime.lock:
@@ -238,6 +240,10 @@ class Consumer:
         await runtime.reject(message, self.id, reason)
 
     def _check_mine(self, message: Message) -> None:
+        if not isinstance(message, Message):
+            raise InvalidArgumentError(
+                f"expected a Message from Consumer.receive, got {type(message).__name__} {message!r:.80}"
+            )
         if message.topic != self._topic.name or message.group != self._group_name:
             raise InvalidArgumentError(
                 f"message {message.topic}/{message.partition}@{message.offset} of group "

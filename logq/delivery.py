@@ -95,9 +95,10 @@ class GroupRuntime:
                 await self.group.record_deliveries(topic.name, number, entries, deadline)  # type: ignore[arg-type]
             for number, record, entry in dead:
                 await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
+            topic_name, group_name = topic.name, self.group.name
             return [
-                Message.from_record(topic.name, number, record, group=self.group.name, consumer=consumer,
-                                    delivery_count=entry.delivery_count, lease_deadline=deadline)  # type: ignore[union-attr]
+                Message.delivered(topic_name, number, record, group_name, entry.delivery_count,  # type: ignore[union-attr]
+                                  deadline, consumer)
                 for number, record, entry in picks
             ]
 
@@ -193,18 +194,19 @@ class GroupRuntime:
                 runs.append((number, run))
         if len(runs) == 1:
             number, run = runs[0]
-            chosen = [(number, record) for record in run[:limit]]
-        else:
-            merged = heapq.merge(*([(number, record) for record in run] for number, run in runs),
-                                 key=lambda pick: pick[1].timestamp_ms)
-            chosen = list(itertools.islice(merged, limit))
+            records = run[:limit]
+            entries = selectors[number].state.lease_new_run(records, owner=owner, deadline=deadline)
+            return [(number, record, entry) for record, entry in zip(records, entries)]
+
+        merged = heapq.merge(*([(number, record) for record in run] for number, run in runs),
+                             key=lambda pick: pick[1].timestamp_ms)
+        chosen = list(itertools.islice(merged, limit))
         picks: list[tuple[int, Record, Pending | None]] = []
         for number, _ in runs:
             records = [record for picked, record in chosen if picked == number]
             entries = selectors[number].state.lease_new_run(records, owner=owner, deadline=deadline)
             picks.extend((number, record, entry) for record, entry in zip(records, entries))
-        if len(runs) > 1:
-            picks.sort(key=lambda pick: (pick[1].timestamp_ms, order.index(pick[0])))
+        picks.sort(key=lambda pick: (pick[1].timestamp_ms, order.index(pick[0])))
         return picks
 
     async def _next_candidate(

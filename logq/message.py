@@ -69,6 +69,12 @@ class Message(tuple):
         """Build a message from a decoded record."""
         return tuple.__new__(cls, (topic, partition, record, group, delivery_count, lease_deadline, consumer))
 
+    @classmethod
+    def delivered(cls, topic: str, partition: int, record: Record, group: str, delivery_count: int,
+                  lease_deadline: float, consumer: Consumer) -> Message:
+        """Build a message leased to `consumer`; `from_record` with positional arguments, for receive's loop."""
+        return tuple.__new__(cls, (topic, partition, record, group, delivery_count, lease_deadline, consumer))
+
     # The layout: (topic, partition, record, group, delivery_count, lease_deadline, consumer).
     topic: str = property(itemgetter(0), doc="Topic name.")  # type: ignore[assignment]
     partition: int = property(itemgetter(1), doc="Partition number.")  # type: ignore[assignment]

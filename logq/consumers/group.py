@@ -184,7 +184,10 @@ class Group:
     def _apply_deliver(self, event: Event, state: PartitionState | None) -> None:
         if state is None:
             return
-        for offset, priority, key in event["messages"]:
+        messages = event.get("messages", [])
+        for start, end, priority in event.get("runs", []):
+            messages = [*messages, *([offset, priority, None] for offset in range(start, end))]
+        for offset, priority, key in messages:
             entry = state.pending.get(offset)
             if entry is not None and entry.state is DeliveryState.DELAYED:
                 # The live group delivered it after its delay passed. Promotion writes no event.
@@ -264,10 +267,16 @@ class Group:
 
     async def record_deliveries(self, topic: str, partition: int, entries: list[Pending], deadline: float) -> None:
         """Journal deliveries that selection already applied to the state."""
-        if entries:
-            messages = [[e.offset, e.priority, _key_text(e.key)] for e in entries]
-            await self._write([{"event": "deliver", "topic": topic, "partition": partition,
-                                "deadline": deadline, "messages": messages}])
+        if not entries:
+            return
+        event: Event = {"event": "deliver", "topic": topic, "partition": partition, "deadline": deadline}
+        first, last, priority = entries[0].offset, entries[-1].offset, entries[0].priority
+        if last - first == len(entries) - 1 and all(e.key is None and e.priority == priority for e in entries):
+            # A bulk receive: consecutive offsets of one priority without keys, stored as one range.
+            event["runs"] = [[first, last + 1, priority]]
+        else:
+            event["messages"] = [[e.offset, e.priority, _key_text(e.key)] for e in entries]
+        await self._write([event])
 
     async def ack(self, topic: str, partition: int, offsets: Iterable[int], log_end_offset: int) -> int:
         """Mark `offsets` done; return how many were not done before.
@@ -276,14 +285,14 @@ class Group:
         that was never written.
         """
         offsets = sorted(set(offsets))
-        bad = [offset for offset in offsets if offset < 0 or offset >= log_end_offset]
-        if bad:
+        if offsets and (offsets[0] < 0 or offsets[-1] >= log_end_offset):
+            bad = offsets[0] if offsets[0] < 0 else offsets[-1]
             raise OffsetOutOfRangeError(
-                f"cannot ack offset {bad[0]} of {topic}/{partition}: it was never written "
+                f"cannot ack offset {bad} of {topic}/{partition}: it was never written "
                 f"(log end offset {log_end_offset})"
             )
         state = self.states[(topic, partition)]
-        fresh = [offset for offset in offsets if not state.is_done(offset)]
+        fresh = state.not_done(offsets)
         if fresh:
             await self._commit([{"event": "ack", "topic": topic, "partition": partition, "ranges": _to_ranges(fresh)}])
         return len(fresh)
@@ -434,6 +443,8 @@ class Group:
 
 def _to_ranges(offsets: list[int]) -> list[list[int]]:
     """Turn sorted distinct offsets into [start, end) ranges."""
+    if offsets and offsets[-1] - offsets[0] == len(offsets) - 1:
+        return [[offsets[0], offsets[-1] + 1]]
     ranges: list[list[int]] = []
     for offset in offsets:
         if ranges and ranges[-1][1] == offset:

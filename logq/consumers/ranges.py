@@ -50,6 +50,13 @@ class RangeSet:
         """Number of stored ranges, the measure of the set's memory."""
         return len(self.starts)
 
+    def first_at_or_after(self, value: int) -> int | None:
+        """Return the smallest integer in the set that is >= `value`, or None."""
+        slot = bisect.bisect_right(self.ends, value)
+        if slot == len(self.starts):
+            return None
+        return max(self.starts[slot], value)
+
     def add(self, value: int) -> bool:
         """Add one integer; return False when it was already in the set."""
         if value in self:

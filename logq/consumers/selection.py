@@ -109,6 +109,10 @@ class PartitionSelector:
         if read_ahead and read_ahead[0].offset > state.cursor:
             read_ahead.clear()
         pending, held, done = state.pending, state.held_offsets, state.done
+        # Below the first done offset at or after the cursor, `offset in done` is False,
+        # so the loop checks the range set only past that point.
+        first_done = done.first_at_or_after(state.cursor)
+        done_from = math.inf if first_done is None else first_done
         run: list[Record] = []
         position = 0
         while len(run) < limit:
@@ -123,7 +127,7 @@ class PartitionSelector:
             record = read_ahead[position]
             position += 1
             offset = record.offset
-            if offset in pending or offset in held or offset in done:
+            if offset in pending or offset in held or (offset >= done_from and offset in done):
                 if run:
                     return run, False
                 state.pass_over(offset)

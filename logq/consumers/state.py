@@ -99,6 +99,13 @@ class PartitionState:
             return False
         return offset < self.committed or offset in self.done
 
+    def not_done(self, offsets: list[int]) -> list[int]:
+        """Return the offsets of `offsets` that are not done, in their order."""
+        pending, committed = self.pending, self.committed
+        if not self.done:
+            return [offset for offset in offsets if offset in pending or offset >= committed]
+        return [offset for offset in offsets if not self.is_done(offset)]
+
     def is_known(self, offset: int) -> bool:
         """Return True when `offset` is done, pending or held, so no scan may deliver it as new."""
         return (

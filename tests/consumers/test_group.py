@@ -162,6 +162,29 @@ async def test_reopen_fails_open_leases(tmp_path: Path) -> None:
     await again.close()
 
 
+async def test_deliver_event_stores_runs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    group = await open_group(tmp_path / "g", clock)
+    await group.join("t", 0, 0)
+    await deliver(group, 0, [0, 1, 2])
+    await deliver(group, 0, [4, 6])
+    await deliver(group, 0, [7, 8], key=b"k")
+    records = await group.journal.log.read(0)
+    events = [orjson.loads(record.value) for record in records if b"deliver" in record.value]
+
+    assert events[0]["runs"] == [[0, 3, 0]] and "messages" not in events[0]
+    assert events[1]["messages"] == [[4, 0, None], [6, 0, None]]
+    assert events[2]["messages"] == [[7, 0, b"k".hex()], [8, 0, b"k".hex()]]  # keys are stored as hex
+    live = group.snapshot_state()
+    reopened = await reopen(group, clock)
+    assert [pending(reopened, offset).delivery_count for offset in (0, 1, 2, 4, 6, 7, 8)] == [1] * 7
+    assert pending(reopened, 7).key == b"k"
+    assert [row["committed"] for row in reopened.snapshot_state()["partitions"]] == [
+        row["committed"] for row in live["partitions"]
+    ]
+    await reopened.close()
+
+
 async def test_close_leaves_nothing_to_replay(tmp_path: Path) -> None:
     clock = FakeClock()
     group = await open_group(tmp_path / "g", clock)
