@@ -206,6 +206,17 @@ def encode_batch(
     Every record gets `timestamp_ms` (the log assigns append time). The caller
     validates sizes, priorities and header names before calling.
     """
+    return encode_batch_with_header(base_offset, records, timestamp_ms=timestamp_ms, codec=codec)[0]
+
+
+def encode_batch_with_header(
+    base_offset: int,
+    records: Sequence[RecordInput],
+    *,
+    timestamp_ms: int,
+    codec: int = CODEC_NONE,
+) -> tuple[bytes, BatchHeader]:
+    """Encode `records` as `encode_batch` does; also return the batch's header, as `parse_header` would read it."""
     if not records:
         raise ValueError("a record batch needs at least one record")
     payload = b"".join(_encode_records(records))
@@ -216,7 +227,8 @@ def encode_batch(
     )
     crc = zlib.crc32(after_crc)
     batch_length = 1 + 4 + len(after_crc)
-    return struct.pack(">qibI", base_offset, batch_length, MAGIC, crc) + after_crc
+    header = BatchHeader(base_offset, batch_length, MAGIC, crc, codec, len(records), timestamp_ms, timestamp_ms)
+    return struct.pack(">qibI", base_offset, batch_length, MAGIC, crc) + after_crc, header
 
 
 def parse_header(buffer: bytes | memoryview, position: int = 0) -> BatchHeader:

@@ -39,7 +39,7 @@ from logq.segments.batch import (
     Record,
     RecordInput,
     decode_records,
-    encode_batch,
+    encode_batch_with_header,
     iter_batches,
     parse_header,
 )
@@ -251,8 +251,8 @@ class PartitionLog:
             self._check_open()
             base_offset = self.log_end_offset
             timestamp_ms = max(time.time_ns() // 1_000_000, self._last_timestamp_ms)
-            data = encode_batch(base_offset, records, timestamp_ms=timestamp_ms, codec=self.config.codec)
-            header = parse_header(data)
+            data, header = encode_batch_with_header(base_offset, records, timestamp_ms=timestamp_ms,
+                                                    codec=self.config.codec)
             segment_count = len(self.segments)
             if self._can_write_inline(len(data)):
                 # A small write into the page cache takes microseconds, less

@@ -23,6 +23,7 @@ from logq.segments.batch import (
     RecordInput,
     decode_records,
     encode_batch,
+    encode_batch_with_header,
     iter_batches,
     parse_header,
     verify_batch,
@@ -107,6 +108,7 @@ def test_batch_header_fields(codec: int, records: list[RecordInput]) -> None:
     assert header.codec == codec
     assert header.first_timestamp_ms == TIMESTAMP_MS
     assert header.max_timestamp_ms == TIMESTAMP_MS
+    assert encode_batch_with_header(BASE_OFFSET, records, timestamp_ms=TIMESTAMP_MS, codec=codec) == (data, header)
 
 
 EDGE_CASES = [
