@@ -8,6 +8,7 @@ a blocking receive woken by a real lease expiry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import csv
 import re
 import time
@@ -669,6 +670,21 @@ async def test_bulk_receive_matches_peek(data_dir: Path, partitions: int) -> Non
         assert sorted(set(values(delivered))) == sorted(values(delivered[:4] + delivered[5:]))
         assert [m.delivery_count for m in delivered if m.value == first[4].value] == [1, 2]
         assert await consumer.receive(300, timeout=0) == []
+
+
+async def test_reopen_reads_no_priority_zero_again(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The priority index checkpoint covers priority-0 appends too, so a clean reopen
+    # does not decode the log again to look for urgent messages.
+    async with logq.open(data_dir) as log:
+        await log.send("t", "urgent", priority=3)
+        await log.send_batch("t", [b"x"] * 5000)
+    with caplog.at_level(logging.INFO, logger="logq.consumers.priority_index"):
+        async with logq.open(data_dir) as log:
+            [message] = await log.consumer("t", group="g").receive(1)
+            assert message.value == "urgent"
+    opened = [record.getMessage() for record in caplog.records if "complete below offset" in record.getMessage()]
+    assert opened and opened[0].endswith("complete below offset 5001")
+    assert not [record for record in caplog.records if "caught up" in record.getMessage()]
 
 
 async def test_bulk_receive_stops_at_leased_urgent(data_dir: Path) -> None:

@@ -343,6 +343,20 @@ class PriorityIndex:
         if priority:
             self._insert(offset, priority)
 
+    def cover(self, next_offset: int) -> None:
+        """Record that every offset below `next_offset` was appended and its urgent records added.
+
+        The bulk form of `add` for the priority-0 records of a batch: it costs
+        O(1), and lets the next checkpoint cover them, so the next open does
+        not read them again. Lower values than the current one are ignored.
+        """
+        if next_offset > self._next_offset:
+            self._next_offset = next_offset
+
+    def uncheckpointed_offsets(self) -> int:
+        """Return how many offsets were covered since the last checkpoint, which an open after a crash reads again."""
+        return self._next_offset - self._checkpoint.next_offset
+
     def _insert(self, offset: int, priority: int) -> None:
         """Append an entry above every indexed offset and queue it for the index file."""
         level = self._levels.setdefault(priority, [])

@@ -30,6 +30,10 @@ from logq.errors import LeaseError, OffsetOutOfRangeError
 from logq.segments.batch import Record
 
 
+# Size of the lease heap from which `_push_lease` drops stale items.
+LEASE_HEAP_COMPACT_ITEMS = 4096
+
+
 class DeliveryState(enum.Enum):
     """State of a pending message."""
 
@@ -160,7 +164,7 @@ class PartitionState:
         entry.delivery_count += 1
         entry.owner = owner
         entry.deadline = deadline
-        heapq.heappush(self.leases, (deadline, offset))
+        self._push_lease((deadline, offset))
         if offset == self.cursor:
             self.cursor += 1
         return entry
@@ -188,15 +192,31 @@ class PartitionState:
             pending[record.offset] = entry
             entries.append(entry)
         end = first + len(records)
-        heapq.heappush(self.leases, (deadline, first, end))
+        self._push_lease((deadline, first, end))
         self.cursor = end
         return entries
+
+    def _push_lease(self, item: tuple[float, int] | tuple[float, int, int]) -> None:
+        """Add a lease heap item, first dropping the items of acked or expired leases when they pile up.
+
+        Acked leases leave their items until the deadline passes, so with
+        receive(1) and a 30 s lease the heap would otherwise hold every
+        message received in the last 30 s.
+        """
+        leases = self.leases
+        if len(leases) >= LEASE_HEAP_COMPACT_ITEMS and len(leases) > 4 * len(self.pending):
+            leases[:] = [
+                (entry.deadline, entry.offset) for entry in self.pending.values()
+                if entry.state is DeliveryState.LEASED
+            ]
+            heapq.heapify(leases)
+        heapq.heappush(leases, item)
 
     def extend(self, offset: int, owner: int, deadline: float) -> Pending:
         """Move the lease deadline of `offset`; raises LeaseError unless `owner` holds its lease."""
         entry = self._leased_by(offset, owner)
         entry.deadline = deadline
-        heapq.heappush(self.leases, (deadline, offset))
+        self._push_lease((deadline, offset))
         return entry
 
     def fail(self, offset: int, *, now: float, delay: float, reason: str, owner: int | None = None) -> Pending:

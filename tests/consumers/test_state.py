@@ -469,6 +469,17 @@ def test_nack_with_delay_waits_until_deadline() -> None:
     assert state.peek_ready() is state.pending[0]
 
 
+def test_lease_heap_drops_acked_items() -> None:
+    state = PartitionState(committed=0)
+    for offset in range(10_000):
+        state.lease(offset, priority=0, key=None, owner=1, deadline=START_TIME + 30, key_ordering=False)
+        if offset != 5:
+            state.ack(offset, 10_000)
+    assert len(state.leases) <= 4097
+    [expired] = state.due_leases(START_TIME + 31)
+    assert expired.offset == 5
+
+
 def test_due_leases_earliest_first() -> None:
     state = PartitionState(committed=0)
     lease(state, 0, deadline=30.0)
