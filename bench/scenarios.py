@@ -55,13 +55,16 @@ class Sample:
     """One timed run: messages moved, wall-clock seconds, CPU seconds and order check findings.
 
     `order_errors` is empty when the delivery order check passed or the
-    scenario does not consume.
+    scenario does not consume. `server_cpu_seconds` is the CPU time of a
+    separate server process during the run, for bench.compare peers that
+    have one, and None otherwise.
     """
 
     messages: int
     wall_seconds: float
     cpu_seconds: float
     order_errors: tuple[str, ...] = ()
+    server_cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:

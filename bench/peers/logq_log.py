@@ -25,6 +25,19 @@ class LogqQueue(QueueClient):
     async def send(self, value: bytes) -> None:
         await self._log.send(TOPIC, value)
 
+    async def send_batch_priorities(self, values: list[bytes], priorities: list[int]) -> list[int]:
+        # send_batch takes one priority per call, so each run of equal
+        # priorities is one call and one record batch.
+        offsets: list[int] = []
+        start = 0
+        while start < len(values):
+            end = start + 1
+            while end < len(values) and priorities[end] == priorities[start]:
+                end += 1
+            offsets.extend(await self._log.send_batch(TOPIC, values[start:end], priority=priorities[start]))
+            start = end
+        return offsets
+
     async def receive(self, max_messages: int) -> list[logq.Message]:
         if self._consumer is None:
             # Created by the first receive, so joining the group is timed, as the
@@ -60,6 +73,7 @@ class LogqQueue(QueueClient):
 
 class LogqPeer(Peer):
     name = "logq"
+    supports_priorities = True
 
     def describe(self, durability: Durability, workload: Workload) -> str:
         return f"topic fsync={durability!r}, group_fsync={durability!r}, 1 partition"

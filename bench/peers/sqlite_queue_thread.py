@@ -28,11 +28,14 @@ class ThreadedSqliteQueue(QueueClient):
     async def send(self, value: bytes) -> None:
         await asyncio.to_thread(self._table.send, value)
 
+    async def send_batch_priorities(self, values: list[bytes], priorities: list[int]) -> list[int]:
+        return await asyncio.to_thread(self._table.send_batch_priorities, values, priorities)
+
     async def receive(self, max_messages: int) -> list[tuple[int, bytes]]:
         return await asyncio.to_thread(self._table.receive, max_messages)
 
     def message_ids(self, messages: Sequence[tuple[int, bytes]]) -> list[int]:
-        return [row[0] for row in messages]
+        return self._table.message_ids(messages)
 
     async def ack_batch(self, messages: Sequence[tuple[int, bytes]]) -> None:
         await asyncio.to_thread(self._table.ack_batch, messages)
@@ -52,7 +55,13 @@ class ThreadedSqlitePeer(SqlitePeer):
 
     async def open(self, directory: Path, durability: Durability, workload: Workload) -> QueueClient:
         # The default executor may run consecutive calls on different worker
-        # threads. The calls never overlap, because each is awaited before the next.
+        # threads. In the latency scenario a producer and a consumer task call at
+        # the same time, so the table holds a lock for each transaction.
         table = SqliteQueueTable(directory / "queue.db", durability, workload.sqlite_transaction_rows,
                                  check_same_thread=False)
+        return ThreadedSqliteQueue(table)
+
+    async def open_priority_queue(self, directory: Path, durability: Durability, workload: Workload) -> QueueClient:
+        table = SqliteQueueTable(directory / "queue.db", durability, workload.sqlite_transaction_rows,
+                                 check_same_thread=False, priorities=True)
         return ThreadedSqliteQueue(table)
