@@ -127,7 +127,10 @@ class GroupRuntime:
         selectors = {number: self.selector(topic.name, number) for number in order}
         picks: list[tuple[int, Record, Pending | None]] = []
         if owner is not None:
-            picks = await self._take_fifo_runs(selectors, order, limit, now, owner, deadline)  # type: ignore[arg-type]
+            if len(order) == 1:
+                picks = await self._take_urgent_run(selectors[order[0]], order[0], limit, now, owner, deadline)  # type: ignore[arg-type]
+            if len(picks) < limit:
+                picks += await self._take_fifo_runs(selectors, order, limit - len(picks), now, owner, deadline)  # type: ignore[arg-type]
             if len(picks) == limit:
                 return picks, []
         streaks = {number: selector.streak for number, selector in selectors.items()}
@@ -168,6 +171,18 @@ class GroupRuntime:
             for number, selector in selectors.items():
                 selector.streak = streaks[number]
         return picks, dead
+
+    async def _take_urgent_run(
+        self, selector: PartitionSelector, number: int, limit: int, now: float, owner: int, deadline: float,
+    ) -> list[tuple[int, Record, Pending | None]]:
+        """Lease new messages above priority 0 of a one-partition receive in bulk, most urgent first.
+
+        Returns nothing when the group's settings need the general path (see
+        `PartitionSelector.lease_urgent_run`). The FIFO run or the general
+        path then continues from where it stopped.
+        """
+        leased = await selector.lease_urgent_run(self.group.config, now, limit, owner, deadline)
+        return [(number, record, entry) for record, entry in leased]
 
     async def _take_fifo_runs(
         self, selectors: dict[int, PartitionSelector], order: list[int], limit: int, now: float, owner: int,

@@ -170,30 +170,34 @@ class PartitionState:
         return entry
 
     def lease_new_run(self, records: Sequence[Record], *, owner: int, deadline: float) -> list[Pending]:
-        """Deliver new, consecutive offsets starting at the cursor to `owner` until `deadline`.
+        """Deliver new offsets, starting at the cursor, to `owner` until `deadline`.
 
         The bulk form of `lease` for what `PartitionSelector.take_fifo_run`
-        returns: the caller guarantees the offsets are new (not done, pending
-        or held), consecutive from `cursor`, and that the group has no per-key
-        ordering. One lease heap item covers the whole run.
+        returns. The caller guarantees that the offsets are new (not done,
+        pending or held) and ascending, that every offset between two of them
+        is known, and that the group has no per-key ordering. One lease heap
+        item covers each stretch of consecutive offsets.
         """
         if not records:
             return []
         first = records[0].offset
-        if first != self.cursor or records[-1].offset != first + len(records) - 1:
-            raise LeaseError(
-                f"offsets {first}..{records[-1].offset} are not a run of new offsets at the cursor {self.cursor}"
-            )
+        if first != self.cursor:
+            raise LeaseError(f"offset {first} is not the cursor {self.cursor}, so it starts no run of new offsets")
         pending = self.pending
         leased = DeliveryState.LEASED
         entries = []
+        stretch_start = previous = first
         for record in records:
-            entry = Pending(record.offset, record.priority, record.key, leased, 1, owner, deadline)
-            pending[record.offset] = entry
+            offset = record.offset
+            if offset != previous + 1 and offset != first:
+                self._push_lease((deadline, stretch_start, previous + 1))
+                stretch_start = offset
+            entry = Pending(offset, record.priority, record.key, leased, 1, owner, deadline)
+            pending[offset] = entry
             entries.append(entry)
-        end = first + len(records)
-        self._push_lease((deadline, first, end))
-        self.cursor = end
+            previous = offset
+        self._push_lease((deadline, stretch_start, previous + 1))
+        self.cursor = previous + 1
         return entries
 
     def _push_lease(self, item: tuple[float, int] | tuple[float, int, int]) -> None:
