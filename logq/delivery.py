@@ -48,6 +48,8 @@ class GroupRuntime:
         self.selectors: dict[tuple[str, int], PartitionSelector] = {}
         self.lock = asyncio.Lock()
         self.topics: dict[str, Topic] = {}
+        # Topic name -> (notify_count, deliverable_changes) when a receive last found nothing left.
+        self._exhausted: dict[str, tuple[int, int]] = {}
         group.on_timer = self._wake_readers
 
     def _wake_readers(self) -> None:
@@ -82,6 +84,11 @@ class GroupRuntime:
         `order` breaks ties between partitions whose next messages have the
         same priority and timestamp.
         """
+        # The state of the group and the topic before this receive. A receive that finds
+        # everything delivered stores it, so the next one can return at once if it is unchanged.
+        marker = (topic.notify_count, self.group.deliverable_changes)
+        if self._nothing_new(topic, marker):
+            return []
         async with self.lock:
             await self.handle_expired()
             now = self.group.clock()
@@ -95,12 +102,27 @@ class GroupRuntime:
                 await self.group.record_deliveries(topic.name, number, entries, deadline)  # type: ignore[arg-type]
             for number, record, entry in dead:
                 await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
+            if len(picks) < limit and not dead:
+                self._exhausted[topic.name] = marker
             topic_name, group_name = topic.name, self.group.name
             return [
                 Message.delivered(topic_name, number, record, group_name, entry.delivery_count,  # type: ignore[union-attr]
                                   deadline, consumer)
                 for number, record, entry in picks
             ]
+
+    def _nothing_new(self, topic: Topic, marker: tuple[int, int]) -> bool:
+        """Return True when a receive of `topic` would find nothing, judged without reading anything.
+
+        That holds when the last receive found every message delivered,
+        nothing was appended and no deliverable-making event happened since
+        (`marker` is unchanged), and no lease or delay is due. Per-key
+        ordering always takes the full path, because an ack can free a key.
+        """
+        if self._exhausted.get(topic.name) != marker or self.group.config.key_ordering:
+            return False
+        timer = self.group.next_timer()
+        return timer is None or timer > self.group.clock()
 
     async def peek(self, topic: Topic, limit: int, order: list[int]) -> list[Message]:
         """Return what a receive with the same partition `order` would get, changing no delivery state."""

@@ -7,6 +7,7 @@ settings and each partition is a subdirectory named by its number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import shutil
@@ -135,8 +136,9 @@ class Topic:
         self.priority_indexes = priority_indexes
         self._unflushed_priorities = [0] * len(partitions)
         self._round_robin = itertools.cycle(range(config.partitions))
-        # Created by the first waiter, so appends with nobody waiting build no Event.
-        self._appended: asyncio.Event | None = None
+        # One future per task in `wait_for_append`, resolved directly by `notify_readers`:
+        # an asyncio.Event under asyncio.wait_for took three loop iterations to wake a reader.
+        self._waiters: list[asyncio.Future[bool]] = []
         self.notify_count = 0  # notify_readers calls so far, for waiters that must not miss one
 
     @classmethod
@@ -206,9 +208,11 @@ class Topic:
     def notify_readers(self) -> None:
         """Wake every task waiting in `wait_for_append`."""
         self.notify_count += 1
-        if self._appended is not None:
-            self._appended.set()
-            self._appended = None
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
 
     async def wait_for_append(self, timeout: float | None, *, since: int | None = None) -> bool:
         """Wait for the next append to any partition; return False on timeout.
@@ -219,10 +223,23 @@ class Topic:
         """
         if since is not None and since != self.notify_count:
             return True
-        try:
-            if self._appended is None:
-                self._appended = asyncio.Event()
-            await asyncio.wait_for(self._appended.wait(), timeout)
-        except TimeoutError:
+        if timeout is not None and timeout <= 0:
             return False
-        return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if waiter.cancelled() or not waiter.done() or not waiter.result():
+                # Timed out or cancelled: this waiter is still in the list.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

@@ -687,6 +687,28 @@ async def test_reopen_reads_no_priority_zero_again(data_dir: Path, caplog: pytes
     assert not [record for record in caplog.records if "caught up" in record.getMessage()]
 
 
+async def test_receive_after_exhaustion_sees_changes(data_dir: Path, clock: FakeClock) -> None:
+    # A receive that found nothing left may skip the next look only while nothing changed.
+    async with logq.open(data_dir, clock=clock) as log:
+        await log.configure_group("g", lease_timeout=10)
+        await log.send_batch("t", ["a", "b"])
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        a, b = await consumer.receive(5)
+        assert await consumer.receive(5, timeout=0) == []
+
+        await b.nack()
+        assert values(await consumer.receive(5, timeout=0)) == ["b"]
+        assert await consumer.receive(5, timeout=0) == []
+
+        clock.advance(11)  # both leases expire without any event or append
+        assert sorted(values(await consumer.receive(5, timeout=0))) == ["a", "b"]
+        await consumer.ack_batch([a, b])
+        assert await consumer.receive(5, timeout=0) == []
+
+        await log.reset_group("g", "t", to="earliest")
+        assert values(await consumer.receive(5, timeout=0)) == ["a", "b"]
+
+
 async def test_bulk_receive_stops_at_leased_urgent(data_dir: Path) -> None:
     async with logq.open(data_dir) as log:
         await log.send_batch("t", ["a", "b"])

@@ -37,6 +37,14 @@ def _key_bytes(text: str | None) -> bytes | None:
     return None if text is None else bytes.fromhex(text)
 
 
+# Events after which a message may be deliverable that was not before: a reset
+# or commit moves the start, a fail or release readies a lease, a redrive
+# reopens a dead message, and forget drops a topic's state. Deliveries, acks
+# and dead-lettering only take messages away, except that under per-key
+# ordering an ack frees a key, which the receive path handles apart.
+DELIVERABLE_EVENTS = frozenset({"reset", "commit", "fail", "release", "redrive", "forget"})
+
+
 class Group:
     """The state of one consumer group across the partitions it reads.
 
@@ -56,6 +64,9 @@ class Group:
         self.dead_offsets: dict[PartitionKey, set[int]] = {}
         self.redriven: set[tuple[str, int]] = set()  # (dead-letter topic, dead-letter offset)
         self._timer: asyncio.TimerHandle | None = None
+        # Events that can make a message deliverable (see DELIVERABLE_EVENTS) and
+        # settings changes so far, so a receive can tell that nothing changed.
+        self.deliverable_changes = 0
         self._timer_when = 0.0  # the group-clock time `_timer` was armed for
         self.on_timer: Callable[[], None] | None = None
 
@@ -147,6 +158,7 @@ class Group:
         config = self.config.with_changes(**changes)
         await asyncio.to_thread(write_file_atomically, self.directory / CONFIG_FILE_NAME, config.to_json())
         self.config = config
+        self.deliverable_changes += 1  # turning key ordering off, say, frees held messages
         logger.info("group %s configured: %s", self.name, changes)
         return config
 
@@ -158,6 +170,8 @@ class Group:
         handler = getattr(self, f"_apply_{kind}", None)
         if handler is None:
             return
+        if kind in DELIVERABLE_EVENTS:
+            self.deliverable_changes += 1
         handler(event, self.states.get((event.get("topic"), event.get("partition"))))  # type: ignore[arg-type]
 
     def _apply_reset(self, event: Event, state: PartitionState | None) -> None:
