@@ -40,7 +40,7 @@ from logq.errors import (
 from logq.message import Message, encode_value
 from logq.names import validate_name
 from logq.replay import first_offset_at, replay_topic, timestamp_to_ms
-from logq.segments import DataDirLock, PartitionLog, RecordInput
+from logq.segments import DataDirLock, PartitionLog, PlainRecords, RecordInput
 from logq.topics import Topic, TopicConfig
 
 logger = logging.getLogger(__name__)
@@ -340,9 +340,17 @@ class Log:
         shared_bytes = len(key_bytes or b"") + sum(
             len(name.encode("utf-8")) + len(text.encode("utf-8")) for name, text in header_items
         )
+        room = target.config.max_message_bytes - shared_bytes
+        if not isinstance(values, list):
+            values = list(values)
+        records: list[RecordInput] | PlainRecords
+        if key_bytes is None and not header_items and all(type(value) is bytes for value in values):
+            if values and max(map(len, values)) > room:
+                _check_size(max(map(len, values)) + shared_bytes, target)
+            records = PlainRecords(values, priority)  # type: ignore[arg-type]
+            return await self._append_records(target, records, key_bytes, partition)
         records = []
         append = records.append
-        room = target.config.max_message_bytes - shared_bytes
         make_record = tuple.__new__  # RecordInput(...) with keywords costs twice as much per message
         for value in values:
             if type(value) is bytes:
@@ -352,15 +360,19 @@ class Log:
             if len(data) > room:
                 _check_size(len(data) + shared_bytes, target)
             append(make_record(RecordInput, (data, key_bytes, header_items, priority, flags)))
+        return await self._append_records(target, records, key_bytes, partition)
+
+    async def _append_records(self, target: Topic, records: list[RecordInput] | PlainRecords, key: bytes | None,
+                              partition: int | None) -> list[int]:
         if not records:
             return []
-        chosen = self._partition_for(target, key_bytes, partition)
+        chosen = self._partition_for(target, key, partition)
         if chosen is not None:
             base = await target.append(chosen, records)
             return list(range(base, base + len(records)))
         return await self._send_round_robin(target, records)
 
-    async def _send_round_robin(self, target: Topic, records: list[RecordInput]) -> list[int]:
+    async def _send_round_robin(self, target: Topic, records: list[RecordInput] | PlainRecords) -> list[int]:
         by_partition: dict[int, list[int]] = defaultdict(list)
         for index in range(len(records)):
             by_partition[target.choose_partition(None)].append(index)

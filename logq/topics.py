@@ -21,7 +21,7 @@ import orjson
 
 from logq.errors import InvalidConfigError, StorageError
 from logq.consumers import PriorityIndex
-from logq.segments import CODEC_NAMES, LogConfig, PartitionLog, RecordInput
+from logq.segments import CODEC_NAMES, LogConfig, PartitionLog, PlainRecords, RecordInput
 from logq.segments.files import fsync_directory, write_file_atomically
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,10 @@ class Topic:
     async def append(self, partition: int, records: Sequence[RecordInput]) -> int:
         """Append `records` to one partition as a batch and return the first offset."""
         index = self.priority_indexes[partition]
-        urgent = [(delta, record.priority) for delta, record in enumerate(records) if record.priority]
+        if isinstance(records, PlainRecords):
+            urgent = [(delta, records.priority) for delta in range(len(records))] if records.priority else []
+        else:
+            urgent = [(delta, record.priority) for delta, record in enumerate(records) if record.priority]
 
         def index_priorities(base_offset: int) -> None:
             for delta, priority in urgent:

@@ -4,7 +4,7 @@ Internal: other logq packages import from here, never from the modules inside,
 and users go through the public API in `logq`.
 """
 
-from logq.segments.batch import CODEC_NAMES, CODEC_NONE, CODEC_ZSTD, FLAG_JSON, Record, RecordInput
+from logq.segments.batch import CODEC_NAMES, CODEC_NONE, CODEC_ZSTD, FLAG_JSON, PlainRecords, Record, RecordInput
 from logq.segments.lock import DataDirLock
 from logq.segments.partition_log import FsyncMode, LogConfig, PartitionLog
 
@@ -18,5 +18,6 @@ __all__ = [
     "LogConfig",
     "PartitionLog",
     "Record",
+    "PlainRecords",
     "RecordInput",
 ]

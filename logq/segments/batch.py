@@ -175,8 +175,44 @@ def _encode_record(out: list[bytes], offset_delta: int, timestamp_delta: int, re
     out.extend(parts)
 
 
+class PlainRecords(Sequence[RecordInput]):
+    """Byte values without key and headers that share one priority: the common batched send.
+
+    A sequence of RecordInput like any other, but it stores only the values,
+    and `encode` turns them into records in one comprehension. Building a
+    RecordInput per value and encoding it field by field cost about twice as
+    much per message.
+    """
+
+    __slots__ = ("values", "priority")
+
+    def __init__(self, values: list[bytes], priority: int) -> None:
+        self.values = values
+        self.priority = priority
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        if isinstance(index, slice):
+            return PlainRecords(self.values[index], self.priority)
+        return RecordInput(self.values[index], None, (), self.priority, 0)
+
+    def encode(self) -> list[bytes]:
+        """Return the encoded records, offset deltas from 0, as a list of byte strings to join."""
+        pack = PLAIN_RECORD_HEADER.pack
+        body_size = PLAIN_RECORD_HEADER.size - 4
+        priority = self.priority
+        return [
+            pack(body_size + len(value), delta, 0, priority, 0, -1, 0, len(value)) + value
+            for delta, value in enumerate(self.values)
+        ]
+
+
 def _encode_records(records: Sequence[RecordInput]) -> list[bytes]:
     """Return the encoded records as a list of byte strings to join."""
+    if isinstance(records, PlainRecords):
+        return records.encode()
     body: list[bytes] = []
     append = body.append
     pack_plain = PLAIN_RECORD_HEADER.pack

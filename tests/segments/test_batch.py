@@ -19,6 +19,7 @@ from logq.segments.batch import (
     HEADER_SIZE,
     LENGTH_FIELD_END,
     MAGIC,
+    PlainRecords,
     Record,
     RecordInput,
     decode_records,
@@ -109,6 +110,18 @@ def test_batch_header_fields(codec: int, records: list[RecordInput]) -> None:
     assert header.first_timestamp_ms == TIMESTAMP_MS
     assert header.max_timestamp_ms == TIMESTAMP_MS
     assert encode_batch_with_header(BASE_OFFSET, records, timestamp_ms=TIMESTAMP_MS, codec=codec) == (data, header)
+
+
+@given(values=st.lists(st.binary(max_size=300), min_size=1, max_size=20), priority=st.integers(0, 255))
+def test_plain_records_encode_like_record_inputs(values: list[bytes], priority: int) -> None:
+    plain = PlainRecords(values, priority)
+    generic = [RecordInput(value=value, priority=priority) for value in values]
+
+    assert list(plain) == generic
+    assert list(plain[1:3]) == generic[1:3]
+    assert encode_batch(BASE_OFFSET, plain, timestamp_ms=TIMESTAMP_MS) == encode_batch(
+        BASE_OFFSET, generic, timestamp_ms=TIMESTAMP_MS
+    )
 
 
 EDGE_CASES = [
