@@ -71,9 +71,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar, overload
 
-from logq.errors import ClosedError, CorruptIndexError, InvalidArgumentError, OffsetOutOfRangeError, StorageError
+from logq.errors import (
+    ClosedError,
+    CorruptIndexError,
+    DiskFullError,
+    InvalidArgumentError,
+    OffsetOutOfRangeError,
+    StorageError,
+)
 from logq.segments import PartitionLog
-from logq.segments.files import write_file_atomically
+from logq.segments.files import convert_disk_full, write_file_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +216,8 @@ class PriorityIndex:
         Damaged index files never make it raise, because it rebuilds them from
         the log and logs why. It raises what `log.read` raises (a corrupt record
         batch), StorageError when the log returns no records below its high
-        watermark, and OSError when the repaired files cannot be written. A
+        watermark, DiskFullError when the disk is full and OSError when the
+        repaired files cannot be written for another reason. A
         cancelled open leaves the files as a crash would, and the next open
         repairs them.
         NOTE: open the index every time the log is opened, before it takes
@@ -404,16 +412,17 @@ class PriorityIndex:
         Safe from any task, because concurrent flushes run one at a time. A
         cancelled flush waits for its file writes to end before it re-raises,
         and the next flush writes the same entries again, which is harmless.
-        When a write fails with OSError, the next flush rewrites both files
-        from memory.
+        When a write fails, the next flush rewrites both files from memory.
+        ENOSPC raises DiskFullError, other write failures raise OSError.
         """
         async with self._flush_lock:
             try:
-                if self._needs_rewrite or self._stale_entries() * 2 > self._file_entries + len(self._unwritten):
-                    await self._rewrite_files()
-                elif self._unwritten or self._next_offset != self._checkpoint.next_offset:
-                    await self._append_unwritten()
-            except OSError:
+                with convert_disk_full(self.directory / self.FILE_NAME, "flushing the priority index"):
+                    if self._needs_rewrite or self._stale_entries() * 2 > self._file_entries + len(self._unwritten):
+                        await self._rewrite_files()
+                    elif self._unwritten or self._next_offset != self._checkpoint.next_offset:
+                        await self._append_unwritten()
+            except (OSError, DiskFullError):
                 self._needs_rewrite = True
                 raise
 

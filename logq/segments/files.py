@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
+
+from logq.errors import DiskFullError
 
 LOG_SUFFIX: Final = ".log"
 OFFSET_INDEX_SUFFIX: Final = ".index"
@@ -50,16 +55,40 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def convert_disk_full(path: Path, action: str) -> Iterator[None]:
+    """Raise DiskFullError for an OSError with errno ENOSPC inside the block.
+
+    The message names `path`, `action` (what the block was doing) and the
+    fix: free disk space and retry. Other exceptions pass unchanged.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"{path}: no space left on the device while {action}; free disk space and retry"
+            ) from exc
+        raise
+
+
 def write_file_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file.
 
     Writes a temporary file beside it, fsyncs it, renames it over `path` and
-    fsyncs the directory.
+    fsyncs the directory. A failed write removes the temporary file and
+    leaves `path` as it was. ENOSPC raises DiskFullError, other failures
+    raise OSError.
     """
     temp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_directory(path.parent)
+    with convert_disk_full(path, "replacing the file"):
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_directory(path.parent)

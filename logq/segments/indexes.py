@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import struct
 import threading
 from pathlib import Path
 
 from logq.errors import CorruptIndexError
+from logq.segments.files import convert_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +36,38 @@ def _write_pending(path: Path, unwritten: list[bytes], lock: threading.Lock) -> 
 
     The lock stays held through the write, so an entry added meanwhile waits
     for the next call instead of being cleared unwritten, and two concurrent
-    calls cannot write the same entries twice or out of order.
+    calls cannot write the same entries twice or out of order. A failed write
+    cuts the file back to its previous size and keeps `unwritten`, so the
+    next call writes the same entries again. ENOSPC raises DiskFullError,
+    other failures raise OSError.
     """
     with lock:
-        if unwritten:
-            with open(path, "ab") as handle:
-                handle.write(b"".join(unwritten))
-            unwritten.clear()
+        if not unwritten:
+            return
+        data = b"".join(unwritten)
+        with convert_disk_full(path, "writing index entries"):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    written = 0
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                except OSError as exc:
+                    _cut_back(fd, start, path, exc)
+                    raise
+            finally:
+                os.close(fd)
+        unwritten.clear()
+
+
+def _cut_back(fd: int, size: int, path: Path, exc: OSError) -> None:
+    """Truncate the file of `fd` to `size` after the write failure `exc`, logging a failed truncate."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as truncate_exc:
+        # The index is checked on open and rebuilt when damaged, so a partial entry left here is repaired then.
+        logger.error("cannot cut %s back to %d bytes after a failed write (%s): %s", path, size, exc, truncate_exc)
 
 
 class OffsetIndex:
@@ -80,12 +107,13 @@ class OffsetIndex:
         _write_pending(self.path, self._unwritten, self._unwritten_lock)
 
     def rewrite(self) -> None:
-        """Replace the file with every entry in memory (after a rebuild)."""
+        """Replace the file with every entry in memory (after a rebuild); ENOSPC raises DiskFullError."""
         data = b"".join(
             OFFSET_ENTRY.pack(offset - self.base_offset, position)
             for offset, position in zip(self.offsets, self.positions)
         )
-        self.path.write_bytes(data)
+        with convert_disk_full(self.path, "rewriting the offset index"):
+            self.path.write_bytes(data)
         self._unwritten.clear()
 
     def load(self, segment_size: int, next_base_offset: int | None) -> None:
@@ -163,12 +191,13 @@ class TimeIndex:
         _write_pending(self.path, self._unwritten, self._unwritten_lock)
 
     def rewrite(self) -> None:
-        """Replace the file with every entry in memory (after a rebuild)."""
+        """Replace the file with every entry in memory (after a rebuild); ENOSPC raises DiskFullError."""
         data = b"".join(
             TIME_ENTRY.pack(timestamp, offset - self.base_offset)
             for timestamp, offset in zip(self.timestamps, self.offsets)
         )
-        self.path.write_bytes(data)
+        with convert_disk_full(self.path, "rewriting the time index"):
+            self.path.write_bytes(data)
         self._unwritten.clear()
 
     def load(self, next_base_offset: int | None) -> None:

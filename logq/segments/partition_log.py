@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from logq.errors import ClosedError, OffsetOutOfRangeError
+from logq.errors import ClosedError, CorruptRecordError, OffsetOutOfRangeError, StorageError
 from logq.segments import recovery
 from logq.segments.batch import (
     CODEC_NONE,
@@ -40,8 +40,8 @@ from logq.segments.batch import (
     RecordInput,
     decode_records,
     encode_batch_with_header,
-    iter_batches,
     parse_header,
+    verify_batch,
 )
 from logq.segments.segment import Segment
 
@@ -238,10 +238,14 @@ class PartitionLog:
         """Append `records` as one batch; return its first offset and the log end offset after it.
 
         Returns once the batch reached the OS, or, under `fsync="always"`, once
-        it is on disk. If the write fails, no offset is assigned and the file is
-        left as before. Cancelling the caller does not interrupt a write that
-        has started: the batch is stored and the cancellation is re-raised, so
-        a cancelled append may still be in the log, as with any broker.
+        it is on disk. If the write or a roll fails, no offset is assigned and
+        the file is left as before. ENOSPC raises DiskFullError. Under
+        `fsync="always"` a failed fsync or index write also raises
+        (DiskFullError for ENOSPC), but the batch was already written and
+        keeps its offsets, and readers see it once a later flush succeeds.
+        Cancelling the caller does not interrupt a write that has started:
+        the batch is stored and the cancellation is re-raised, so a cancelled
+        append may still be in the log, as with any broker.
         `on_written(base_offset)` runs right after the write, still under the
         append lock, so overlays such as the priority index see appends in
         offset order.
@@ -321,7 +325,12 @@ class PartitionLog:
         segment = self.active_segment
         target = segment.next_offset
         self._dirty = False
-        await asyncio.to_thread(segment.flush, fsync=True)
+        try:
+            await asyncio.to_thread(segment.flush, fsync=True)
+        except BaseException:
+            # The next periodic flush must try again.
+            self._dirty = True
+            raise
         if target > self._flushed_offset:
             self._flushed_offset = target
             self._notify_readers()
@@ -339,7 +348,7 @@ class PartitionLog:
                 continue
             try:
                 await self._flush_once()
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
                 logger.error("periodic fsync of partition %s failed, retrying next interval: %s",
                              self.directory, exc)
 
@@ -350,7 +359,7 @@ class PartitionLog:
             await asyncio.sleep(interval)
             try:
                 await self.apply_retention()
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
                 logger.error("retention of partition %s failed, retrying in %.0f s: %s",
                              self.directory, interval, exc)
 
@@ -386,7 +395,12 @@ class PartitionLog:
 
         Returns an empty list at the high watermark. Raises OffsetOutOfRangeError
         below the log start offset or above the log end offset, and
-        CorruptRecordError when a batch fails its CRC.
+        CorruptRecordError when the batch holding `offset` fails its CRC, does
+        not parse or is missing. A damaged batch after `offset` ends the
+        returned records early. A batch wholly before `offset` is stepped over
+        by its header, so damage to its records fails only reads of its own
+        offsets. Damage to its length or magic byte also fails reads of the
+        offsets after it, up to the next offset index entry.
         """
         self._check_open()
         end = self.high_watermark
@@ -425,27 +439,89 @@ class PartitionLog:
         return self.segments[max(slot, 0)]
 
     def _read_from_segments(self, offset: int, end: int, max_bytes: int) -> list[Record]:
-        """Read batches from the segment holding `offset`. Runs in a worker thread."""
+        """Read batches from the segment holding `offset`. Runs in a worker thread.
+
+        Checks that each batch starts where the one before it ended, because
+        the CRC does not cover the base offset, and a damaged length or count
+        in a batch that is stepped over shows up as a gap there.
+        """
         segment = self._find_segment(offset)
-        position = segment.offset_index.lookup(offset)
+        expected, position = _index_entry_at_or_below(segment, offset)
+        if position and _base_offset_at(segment, position) != expected:
+            # Open checks only the first and last index entries, so a damaged
+            # entry in between can point at the wrong batch.
+            logger.error(
+                "offset index %s maps offset %d to position %d, where no batch header with that base "
+                "offset starts, so the index entry or that batch header is damaged; reading the segment "
+                "from its start instead. If the index is damaged, delete it and reopen the partition to "
+                "rebuild it",
+                segment.offset_index.path, expected, position,
+            )
+            expected, position = segment.base_offset, 0
         records: list[Record] = []
         while not records and position < segment.size:
             chunk = segment.read(position, max(max_bytes, HEADER_SIZE))
             if len(chunk) >= HEADER_SIZE:
-                needed = parse_header(chunk).size
+                needed = _parse_header_in(segment, chunk, 0, position).size
                 if needed > len(chunk):
                     chunk = segment.read(position, needed)
-            consumed = 0
-            for batch_position, header in iter_batches(chunk):
-                consumed = batch_position + header.size
+            cursor = 0
+            while len(chunk) - cursor >= HEADER_SIZE:
+                try:
+                    header = _parse_header_in(segment, chunk, cursor, position + cursor)
+                except CorruptRecordError:
+                    if records:
+                        return records
+                    raise
+                if cursor + header.size > len(chunk):
+                    break
+                if header.base_offset != expected:
+                    if records:
+                        return records
+                    if expected + header.record_count <= offset and _crc_matches(chunk, cursor, header):
+                        # Only the base offset, which the CRC does not cover,
+                        # is damaged, and the batch lies wholly below `offset`.
+                        expected += header.record_count
+                        cursor += header.size
+                        continue
+                    raise CorruptRecordError(
+                        f"{segment.path}: the batch at position {position + cursor} starts at offset "
+                        f"{header.base_offset}, expected {expected}; a batch header there or before it "
+                        f"is damaged, so offset {offset} cannot be read"
+                    )
+                expected = header.next_offset
                 if header.next_offset <= offset:
+                    # Wholly below the requested offset: step over it without
+                    # checking its CRC, so that damage inside it does not make
+                    # the batches after it unreadable.
+                    cursor += header.size
                     continue
                 if header.base_offset >= end:
                     break
-                records.extend(r for r in decode_records(chunk, batch_position, header) if offset <= r.offset < end)
-            if consumed == 0:
+                try:
+                    verify_batch(chunk, cursor, header)
+                    decoded = decode_records(chunk, cursor, header)
+                except CorruptRecordError as exc:
+                    if records:
+                        # Return the valid records before the damage. The next
+                        # read starts at the damaged batch and raises there.
+                        return records
+                    raise CorruptRecordError(
+                        f"{segment.path}: offsets {header.base_offset}..{header.last_offset} at file position "
+                        f"{position + cursor} cannot be read: {exc}"
+                    ) from exc
+                records.extend(r for r in decoded if offset <= r.offset < end)
+                cursor += header.size
+            if cursor == 0:
                 break
-            position += consumed
+            position += cursor
+        if not records:
+            # Every offset below `end` was written to this segment, so the
+            # file was cut short or damaged where the batch should be.
+            raise CorruptRecordError(
+                f"{segment.path}: offset {offset} is missing. No complete batch from position "
+                f"{position} to the end of the file ({segment.size} bytes) holds it"
+            )
         return records
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int:
@@ -508,6 +584,45 @@ class PartitionLog:
                 "retention deleted segment %d of partition %s (%d bytes, offsets %d..%d)",
                 segment.base_offset, self.directory, segment.size, segment.base_offset, segment.next_offset - 1,
             )
+
+
+def _index_entry_at_or_below(segment: Segment, offset: int) -> tuple[int, int]:
+    """Return (base offset, position) of the batch where a scan for `offset` starts, from the offset index."""
+    index = segment.offset_index
+    slot = bisect.bisect_right(index.offsets, offset) - 1
+    if slot < 0:
+        return segment.base_offset, 0
+    return index.offsets[slot], index.positions[slot]
+
+
+def _parse_header_in(segment: Segment, chunk: bytes, cursor: int, file_position: int) -> BatchHeader:
+    """Parse the batch header at `cursor` of `chunk`, read from `file_position` of `segment`.
+
+    Raises CorruptRecordError naming the segment file and the position in it.
+    """
+    try:
+        return parse_header(chunk, cursor)
+    except CorruptRecordError as exc:
+        raise CorruptRecordError(
+            f"{segment.path}: the batch header at file position {file_position} is damaged: {exc}"
+        ) from exc
+
+
+def _crc_matches(chunk: bytes, position: int, header: BatchHeader) -> bool:
+    """Return True when the batch at `position` of `chunk` passes its CRC check."""
+    try:
+        verify_batch(chunk, position, header)
+    except CorruptRecordError:
+        return False
+    return True
+
+
+def _base_offset_at(segment: Segment, position: int) -> int | None:
+    """Return the base offset of the batch header at `position`, or None when none parses there."""
+    try:
+        return parse_header(segment.read(position, HEADER_SIZE)).base_offset
+    except CorruptRecordError:
+        return None
 
 
 async def _finish_in_thread(function: Callable[..., object], *args: object) -> bool:

@@ -53,11 +53,24 @@ class Segment:
 
     @classmethod
     def create(cls, directory: Path, base_offset: int, *, index_interval_bytes: int) -> Segment:
-        """Create an empty segment with empty index files."""
-        segment = cls(directory, base_offset, index_interval_bytes=index_interval_bytes)
-        segment.offset_index.path.write_bytes(b"")
-        segment.time_index.path.write_bytes(b"")
-        files.fsync_directory(directory)
+        """Create an empty segment with empty index files.
+
+        If a file cannot be created, the files created so far are removed, so
+        no empty segment is left that a later append to the previous segment
+        would contradict. ENOSPC raises DiskFullError, other failures OSError.
+        """
+        path = files.log_path(directory, base_offset)
+        with files.convert_disk_full(path, "creating a new segment"):
+            try:
+                segment = cls(directory, base_offset, index_interval_bytes=index_interval_bytes)
+                segment.offset_index.path.write_bytes(b"")
+                segment.time_index.path.write_bytes(b"")
+                files.fsync_directory(directory)
+            except OSError:
+                for leftover in (path, files.offset_index_path(directory, base_offset),
+                                 files.time_index_path(directory, base_offset)):
+                    leftover.unlink(missing_ok=True)
+                raise
         return segment
 
     @property
@@ -126,11 +139,16 @@ class Segment:
             self.time_index.append(self._last_batch.max_timestamp_ms, self._last_batch.base_offset)
 
     def flush(self, *, fsync: bool) -> None:
-        """Write pending index entries and, when `fsync` is true, fsync the `.log` file."""
+        """Write pending index entries and, when `fsync` is true, fsync the `.log` file.
+
+        ENOSPC raises DiskFullError, other failures OSError. Entries that were
+        not written stay pending for the next call.
+        """
         self.offset_index.write_pending()
         self.time_index.write_pending()
         if fsync:
-            os.fsync(self._fd)
+            with files.convert_disk_full(self.path, "syncing the segment to disk"):
+                os.fsync(self._fd)
 
     def truncate(self, size: int) -> None:
         """Cut the `.log` file to `size` bytes (recovery of a torn or corrupt tail)."""
