@@ -14,6 +14,7 @@ This module is the whole public API; `logq.segments` and `logq.consumers` are
 internal.
 """
 
+from logq.check import CheckReport, Finding, check
 from logq.consumer import Consumer
 from logq.errors import (
     ClosedError,
@@ -43,6 +44,7 @@ from logq.topics import TopicConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckReport",
     "ClosedError",
     "Consumer",
     "CorruptIndexError",
@@ -50,6 +52,7 @@ __all__ = [
     "CorruptRecordError",
     "DataDirLockedError",
     "DiskFullError",
+    "Finding",
     "GroupPartitionInfo",
     "InvalidArgumentError",
     "InvalidConfigError",
@@ -69,5 +72,6 @@ __all__ = [
     "TopicInfo",
     "UnknownGroupError",
     "UnknownTopicError",
+    "check",
     "open",
 ]

@@ -32,6 +32,7 @@ from logq import (
     TopicConfig,
     TopicExistsError,
 )
+from logq.cli_check import check
 from logq.cli_common import (
     ExitCode,
     GlobalOptions,
@@ -127,6 +128,7 @@ app.command()(peek)
 app.command()(replay)
 app.command()(ingest)
 app.command()(demo)
+app.command()(check)
 groups_app.command("configure")(groups_configure)
 
 

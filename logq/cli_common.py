@@ -34,6 +34,7 @@ class ExitCode(IntEnum):
     EXISTS = 6  # the topic already exists
     STORAGE = 7  # a file in the data directory is corrupt or unusable, or the disk is full
     NOTHING_REDRIVEN = 8  # `dlq redrive` had dead letters to redrive and redrove none of them
+    FINDINGS = 9  # `check` found damage that is still there (not repaired, or not repairable)
     INTERRUPTED = 130  # Ctrl-C outside --follow (Typer's code, 128 + SIGINT)
 
 

@@ -132,6 +132,29 @@ def _valid_batch_follows(segment: Segment, position: int) -> bool:
     return False
 
 
+def find_valid_batch(data: bytes | memoryview, start: int, next_offset: int) -> int | None:
+    """Return the position of the first CRC-valid batch at or after `start` in `data`, or None.
+
+    Every position is a candidate, as in `_valid_batch_follows`, and only a
+    batch whose base offset is at least `next_offset` counts. `logq check`
+    uses it on a read-only copy of a segment to find where valid data resumes
+    after damage.
+    """
+    buffer = bytes(data)
+    candidate = buffer.find(MAGIC_BYTE, start + MAGIC_POSITION)
+    while candidate != -1:
+        position = candidate - MAGIC_POSITION
+        try:
+            header = parse_header(buffer, position)
+            if header.base_offset >= next_offset:
+                verify_batch(buffer, position, header)
+                return position
+        except CorruptRecordError:
+            pass
+        candidate = buffer.find(MAGIC_BYTE, candidate + 1)
+    return None
+
+
 def recover_active_segment(segment: Segment, report: RecoveryReport) -> None:
     """Scan the active segment and truncate a torn or corrupt tail.
 

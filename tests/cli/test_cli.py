@@ -925,7 +925,7 @@ def test_command_list_complete() -> None:
     names = sorted(" ".join(path) for path, _ in COMMANDS)
 
     assert names == [
-        "consume", "demo", "dlq list", "dlq purge", "dlq redrive", "dlq show", "groups configure",
+        "check", "consume", "demo", "dlq list", "dlq purge", "dlq redrive", "dlq show", "groups configure",
         "groups describe", "groups list", "groups reset", "ingest", "peek", "produce", "replay",
         "topics create", "topics delete", "topics describe", "topics list",
     ]
