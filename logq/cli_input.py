@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import signal
 import threading
@@ -201,7 +202,9 @@ def parse_reset_target(text: str) -> str | int | datetime:
 
 
 def check_minimum(value: float | None, minimum: float, option: str) -> None:
-    """Raise a usage error naming `option` when `value` is below `minimum`."""
+    """Raise a usage error naming `option` when `value` is below `minimum`, or is NaN or infinite."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number; pass {option} {minimum} or more", param_hint=f"'{option}'")
     if value is not None and value < minimum:
         raise typer.BadParameter(f"{value} is below the minimum {minimum}; pass {option} {minimum} or more", param_hint=f"'{option}'")
 

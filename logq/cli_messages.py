@@ -5,6 +5,7 @@ the messages arrive, in one write per batch.
 """
 
 import contextlib
+import math
 import os
 import sys
 from datetime import datetime
@@ -155,9 +156,9 @@ def consume(
 
 
 def check_lease(lease: float | None) -> None:
-    """Raise a usage error for a --lease that is not above 0 seconds."""
-    if lease is not None and not lease > 0:
-        raise typer.BadParameter(f"{lease} is not a valid lease; pass a number of seconds above 0", param_hint="'--lease'")
+    """Raise a usage error for a --lease that is not a finite number of seconds above 0."""
+    if lease is not None and not (lease > 0 and math.isfinite(lease)):
+        raise typer.BadParameter(f"{lease} is not a valid lease; pass a finite number of seconds above 0", param_hint="'--lease'")
 
 
 def choose_ack_mode(*, no_ack: bool, nack: bool, nack_delay: float | None) -> AckMode:
@@ -193,7 +194,6 @@ def replay(
         logq replay orders --from-time 2024-05-01T12:00:00Z --json
     """
     check_minimum(from_offset, 0, "--from-offset")
-    check_minimum(partition, 0, "--partition")
     check_minimum(count, 1, "--count")
     if from_offset is not None and from_time is not None:
         raise typer.BadParameter(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from logq import Log, Message, NotFoundError
+from logq import InvalidConfigError, Log, Message, NotFoundError
 from logq.cli_common import (
     ExitCode,
     GroupArgument,
@@ -128,7 +128,11 @@ def groups_configure(
     Example:
         logq groups configure billing --lease-timeout 10 --max-deliveries 3 --retry-delay 1
     """
-    check_minimum(starvation_limit, 0, "--starvation-limit")
+    if starvation_limit is not None and starvation_limit < 0:
+        # A range error of a group setting exits with INVALID, as --max-deliveries -1 does.
+        raise InvalidConfigError(
+            f"--starvation-limit {starvation_limit} is invalid; use 0 (no limit, strict priority order) or an int >= 1"
+        )
     changes: dict[str, Any] = {
         "lease_timeout": lease_timeout,
         "max_deliveries": max_deliveries,

@@ -331,7 +331,9 @@ class Log:
         """Append several messages with shared key, headers and priority; return their offsets in order.
 
         The messages of each partition go in one record batch, so they are
-        stored together or not at all. Arguments and errors are those of `send`.
+        stored together or not at all. Arguments and errors are those of `send`,
+        and a `values` that is a str, bytes or not iterable raises
+        InvalidArgumentError.
         """
         target = await self._topic_for_send(topic)
         key_bytes = _encode_key(key)
@@ -342,7 +344,7 @@ class Log:
         )
         room = target.config.max_message_bytes - shared_bytes
         if not isinstance(values, list):
-            values = list(values)
+            values = _list_values(values)
         records: list[RecordInput] | PlainRecords
         if key_bytes is None and not header_items and all(type(value) is bytes for value in values):
             if values and max(map(len, values)) > room:
@@ -417,6 +419,8 @@ class Log:
         """
         target = self._topic(topic)
         validate_name(group, "group")
+        if not isinstance(auto_ack, bool):
+            raise InvalidArgumentError(f"auto_ack must be True or False, got {auto_ack!r}")
         if start not in ("earliest", "latest"):
             raise InvalidArgumentError(f"invalid start {start!r}; use 'earliest' or 'latest'")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
@@ -503,7 +507,10 @@ class Log:
 
         `offsets`: offsets in the dead-letter topic (all not yet redriven when None).
         Other groups are not affected: they neither see the message again nor a copy.
+        Raises InvalidArgumentError when `offsets` is not an iterable of ints >= 0.
         """
+        if offsets is not None:
+            offsets = _check_offsets(offsets)
         return await dead_letters.redrive(self, topic, group, offsets)
 
     async def purge_dead_letters(self, topic: str, *, group: str) -> int:
@@ -647,6 +654,42 @@ def _check_headers(headers: Headers | None) -> tuple[tuple[str, str], ...]:
     return tuple(headers.items())
 
 
+def _list_values(values: Iterable[Value]) -> list[Value]:
+    """Return the values of a batch as a list.
+
+    Raises InvalidArgumentError for a str, bytes or non-iterable, which is
+    most likely one value passed where a list of values belongs.
+    """
+    if isinstance(values, (str, bytes, bytearray, memoryview)):
+        raise InvalidArgumentError(
+            f"values must be an iterable of values, got the single {type(values).__name__} {values!r:.80}; "
+            "use send() for one message or wrap it in a list"
+        )
+    try:
+        return list(values)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"values must be an iterable of values, got {type(values).__name__} {values!r:.80}; "
+            "pass a list of messages"
+        ) from None
+
+
+def _check_offsets(offsets: Iterable[int]) -> list[int]:
+    """Return `offsets` as a list after checking that it is an iterable of ints >= 0."""
+    if isinstance(offsets, (str, bytes)):
+        raise InvalidArgumentError(f"offsets must be an iterable of ints >= 0, got {offsets!r:.80}; pass a list of ints")
+    try:
+        listed = list(offsets)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"offsets must be an iterable of ints >= 0, got {type(offsets).__name__} {offsets!r:.80}; pass a list of ints"
+        ) from None
+    for offset in listed:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgumentError(f"dead-letter offset {offset!r} is invalid; use an int >= 0")
+    return listed
+
+
 def _check_priority(priority: int) -> None:
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         raise InvalidArgumentError(f"priority must be an int from 0 to {MAX_PRIORITY}, got {priority!r}")
@@ -699,4 +742,10 @@ def open(  # noqa: A001
     """
     if group_fsync not in ("always", "interval", "never"):
         raise InvalidArgumentError(f"invalid group_fsync {group_fsync!r}; use 'always', 'interval' or 'never'")
+    if not isinstance(auto_create_topics, bool):
+        raise InvalidArgumentError(f"auto_create_topics must be True or False, got {auto_create_topics!r}")
+    if not callable(clock):
+        raise InvalidArgumentError(
+            f"clock must be a callable that returns seconds since the epoch, such as time.time, got {clock!r}"
+        )
     return _Opener(Log(path, auto_create_topics=auto_create_topics, group_fsync=group_fsync, clock=clock))

@@ -264,8 +264,9 @@ def test_groups_configure_invalid_value(data_dir: Path, option: str, value: str,
 def test_groups_configure_negative_starvation_limit(data_dir: Path) -> None:
     result = invoke(data_dir, "groups", "configure", "g", "--starvation-limit", "-1")
 
-    assert result.exit_code == ExitCode.USAGE, result.output
-    assert "'--starvation-limit'" in result.stderr
+    # A range error of a group setting exits with INVALID, as --max-deliveries -1 does.
+    assert result.exit_code == ExitCode.INVALID, result.output
+    assert "--starvation-limit -1" in result.stderr
 
 
 def test_groups_describe_delivery_counts(data_dir: Path) -> None:
