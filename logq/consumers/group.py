@@ -150,7 +150,7 @@ class Group:
         """Snapshot the state, so the next open replays nothing, and close the journal."""
         if self._timer is not None:
             self._timer.cancel()
-        await self.journal.snapshot(self.snapshot_state())
+        await self.journal.snapshot(self.snapshot_state)
         await self.journal.close()
 
     async def configure(self, **changes: Any) -> GroupConfig:
@@ -262,7 +262,7 @@ class Group:
 
     async def _write(self, events: list[Event]) -> None:
         if await self.journal.append(events):
-            await self.journal.snapshot(self.snapshot_state())
+            await self.journal.snapshot(self.snapshot_state)
         self._arm_timer()
 
     # -- live changes ------------------------------------------------------------------
