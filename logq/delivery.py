@@ -295,7 +295,15 @@ class GroupRuntime:
         topic = self.topics.get(topic_name)
         if topic is None:
             return
-        records = await topic.partitions[number].read(entry.offset, max_bytes=1)
+        partition = topic.partitions[number]
+        if entry.offset < partition.log_start_offset:
+            # Retention deleted the message, so there is nothing to copy; it is done.
+            logger.warning("group %s: offset %d of %s/%d reached max deliveries after retention deleted it; "
+                           "marking it done without a dead-letter copy", self.group.name, entry.offset,
+                           topic_name, number)
+            await self.group.ack(topic_name, number, [entry.offset], partition.log_end_offset)
+            return
+        records = await partition.read(entry.offset, max_bytes=1)
         record = next((r for r in records if r.offset == entry.offset), None)
         if record is not None:
             await self.dead_letter(topic_name, number, record, entry, reason=self._max_reason(entry))
