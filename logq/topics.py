@@ -204,7 +204,14 @@ class Topic:
         if (self._unflushed_priorities[partition] >= PRIORITY_FLUSH_ENTRIES
                 or index.uncheckpointed_offsets() >= PRIORITY_CHECKPOINT_OFFSETS):
             self._unflushed_priorities[partition] = 0
-            await index.flush()
+            try:
+                await index.flush()
+            except (OSError, StorageError) as exc:
+                # The messages are stored with their offsets, so the send succeeded. The
+                # index stays correct in memory, the next flush retries, and an open
+                # catches the index up from the log.
+                logger.error("flushing the priority index of %s/%d failed; retrying at the next flush: %s",
+                             self.name, partition, exc)
         self.notify_readers()
         return base_offset
 

@@ -322,7 +322,12 @@ def decode_records(buffer: bytes | memoryview, position: int, header: BatchHeade
     payload = bytes(memoryview(buffer)[position + HEADER_SIZE : position + header.size])
     if header.codec == CODEC_ZSTD:
         try:
-            payload = _zstd_decompressor().decompress(payload)
+            # A frame that declares its size is decompressed into a buffer of that size,
+            # so a crafted frame could ask for gigabytes; no batch is larger than MAX_BATCH_BYTES.
+            declared = zstandard.frame_content_size(payload)
+            if declared > MAX_BATCH_BYTES:
+                raise zstandard.ZstdError(f"the frame declares {declared} bytes, above {MAX_BATCH_BYTES}")
+            payload = _zstd_decompressor().decompress(payload, max_output_size=MAX_BATCH_BYTES)
         # A damaged frame header can declare a content size too large to allocate.
         except (zstandard.ZstdError, MemoryError) as exc:
             raise CorruptRecordError(

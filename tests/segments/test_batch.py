@@ -124,6 +124,20 @@ def test_plain_records_encode_like_record_inputs(values: list[bytes], priority: 
     )
 
 
+def test_zstd_frame_declaring_huge_size_rejected() -> None:
+    # A frame header (single segment, 8-byte content size) that declares 1 GiB, then the
+    # blocks of a real frame. The batch around it has a valid CRC, as a collision would give.
+    real = zstandard.ZstdCompressor(level=1).compress(b"\0" * 10)
+    frame = real[:4] + bytes([0xE0]) + (1 << 30).to_bytes(8, "little") + real[6:]
+    after_crc = struct.pack(">biqq", CODEC_ZSTD, 1, TIMESTAMP_MS, TIMESTAMP_MS) + frame
+    data = struct.pack(">qibI", BASE_OFFSET, 5 + len(after_crc), MAGIC, zlib.crc32(after_crc)) + after_crc
+    header = parse_header(data)
+    verify_batch(data, 0, header)
+
+    with pytest.raises(CorruptRecordError, match="does not decompress.*declares 1073741824 bytes"):
+        decode_records(data, 0, header)
+
+
 EDGE_CASES = [
     pytest.param([RecordInput(value=b"")], id="empty value"),
     pytest.param([RecordInput(value=b"v", key=b"")], id="empty key"),

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import logq
+from logq import topics
 from logq.consumers.journal import GroupJournal
 from logq.consumers.priority_index import PriorityIndex
 from logq.errors import DiskFullError
@@ -432,6 +434,27 @@ async def test_priority_flush_full(open_log, tmp_path: Path, fill_disk, caplog: 
     assert "rebuilt" not in caplog.text
     assert "trimmed" not in caplog.text
     await reopened.close()
+
+
+async def test_send_succeeds_when_priority_flush_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # The flush after an append is bookkeeping: the message already has its offset,
+    # so a full disk there is logged and the send returns.
+
+    async def full_flush(self: PriorityIndex) -> None:
+        raise DiskFullError(f"{self.directory}: no space left while flushing the priority index")
+
+    monkeypatch.setattr(topics, "PRIORITY_FLUSH_ENTRIES", 1)
+    async with logq.open(tmp_path / "data") as log:
+        await log.create_topic("t")
+        monkeypatch.setattr(PriorityIndex, "flush", full_flush)
+        with caplog.at_level(logging.ERROR, logger="logq.topics"):
+            offset = await log.send("t", b"urgent", priority=4)
+        monkeypatch.undo()
+        assert offset == 0
+        assert "flushing the priority index of t/0 failed" in caplog.text
+        [message] = await log.consumer("t", group="g").receive(1)
+        assert (message.offset, message.priority) == (0, 4)
 
 
 # -- a real full file system ---------------------------------------------------------------------------
