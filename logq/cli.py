@@ -79,6 +79,23 @@ def error_message(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _name_rejected_number(error: typer.BadParameter) -> None:
+    """Put the rejected text into an option's number-parsing error, which Typer words without it.
+
+    Typer 0.29 converts int and float options with pydantic, whose message
+    ("Input should be a valid integer, ...") leaves out the value. The
+    pydantic error that caused it carries the value.
+    """
+    cause = error.__cause__
+    if not error.message.startswith("Input should be a valid") or not hasattr(cause, "errors"):
+        return
+    problems = cause.errors()
+    if not problems or "input" not in problems[0]:
+        return
+    kind = "number" if "number" in error.message else "integer"
+    error.message = f"{problems[0]['input']!r} is not a valid {kind}"
+
+
 class LogqGroup(TyperGroup):
     """The root command group, which turns the errors of every command into an exit code.
 
@@ -89,6 +106,9 @@ class LogqGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except typer.BadParameter as error:
+            _name_rejected_number(error)
+            raise
         except BrokenPipeError:
             # The reader of stdout went away, as in `logq consume ... | head`.
             _discard_stdout()
