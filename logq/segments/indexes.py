@@ -178,8 +178,13 @@ class TimeIndex:
 
     def lookup(self, timestamp_ms: int) -> int:
         """Return an offset at or before the first record with a timestamp >= `timestamp_ms`."""
+        entry = self.entry_before(timestamp_ms)
+        return entry[1] if entry is not None else self.base_offset
+
+    def entry_before(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """Return the (timestamp, offset) entry that `lookup` uses for `timestamp_ms`, or None for none."""
         slot = bisect.bisect_left(self.timestamps, timestamp_ms) - 1
-        return self.offsets[slot] if slot >= 0 else self.base_offset
+        return (self.timestamps[slot], self.offsets[slot]) if slot >= 0 else None
 
     @property
     def max_timestamp_ms(self) -> int | None:

@@ -51,8 +51,8 @@ FsyncMode = Literal["always", "interval", "never"]
 
 # Batches up to this size are written from the event loop instead of a worker
 # thread. The sender waits for the write either way, and the thread adds a hop
-# of about 50 µs, while an inline write blocks the loop only for the copy into
-# the page cache: a median of about 200 µs for 256 KiB on the 2-core benchmark
+# of about 50 µs. An inline write blocks the loop only for the copy into the
+# page cache, a median of about 200 µs for 256 KiB on the 2-core benchmark
 # machine (docs/benchmarks.md). A batch of 1,000 messages of 100 bytes is about
 # 124 KiB, so batched sends stay inline.
 # NOTE: a write into the page cache can still block under memory pressure or
@@ -132,7 +132,7 @@ class PartitionLog:
         self._interval_task: asyncio.Task[None] | None = None
         self._dirty = False
         self._last_timestamp_ms = max((s.max_timestamp_ms or 0) for s in segments)
-        # Created by the first waiter, so appends with nobody waiting build no Event.
+        # Created by the first waiter, so appends while no task waits build no Event.
         self._data_event: asyncio.Event | None = None
         self._tail = _TailCache(config.tail_cache_bytes)
         self._closed = False
@@ -533,7 +533,17 @@ class PartitionLog:
         self._check_open()
         for segment in self.segments:
             if segment.max_timestamp_ms is not None and segment.max_timestamp_ms >= timestamp_ms:
-                return segment.time_index.lookup(timestamp_ms)
+                entry = segment.time_index.entry_before(timestamp_ms)
+                if entry is None:
+                    return segment.base_offset
+                if segment.batch_max_timestamp(entry[1]) == entry[0]:
+                    return entry[1]
+                # The checks on open cannot see a timestamp that was lowered but kept the
+                # order, and trusting it could skip records, so the scan starts at the segment.
+                logger.warning("time index entry (%d, %d) of %s does not match its batch; "
+                               "looking up timestamp %d from the segment start", entry[0], entry[1],
+                               segment.path, timestamp_ms)
+                return segment.base_offset
         return self.log_end_offset
 
     # -- retention ---------------------------------------------------------------

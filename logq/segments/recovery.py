@@ -190,6 +190,7 @@ def load_closed_segment(segment: Segment, next_base_offset: int, report: Recover
         segment.offset_index.load(segment.size, next_base_offset)
         segment.time_index.load(next_base_offset)
         _check_index_entries(segment)
+        _check_last_time_entry(segment)
     except CorruptIndexError as exc:
         logger.warning("rebuilding the indexes of %s: %s", segment.path, exc)
         report.rebuilt_indexes.append(segment.path.name)
@@ -204,6 +205,25 @@ def load_closed_segment(segment: Segment, next_base_offset: int, report: Recover
         segment.offset_index.rewrite()
         segment.time_index.rewrite()
     segment.max_timestamp_ms = segment.time_index.max_timestamp_ms
+
+
+def _check_last_time_entry(segment: Segment) -> None:
+    """Check that the last time index entry names its batch's max timestamp, which sets the segment's.
+
+    A lowered timestamp there would make time lookups skip the whole segment.
+    """
+    index = segment.time_index
+    if not index.offsets:
+        return
+    found = segment.batch_max_timestamp(index.offsets[-1])
+    if found is not None and found != index.timestamps[-1]:
+        # Tell a damaged batch, which the reads report for that batch only, from a damaged entry.
+        found = segment.batch_max_timestamp(index.offsets[-1], verify=True)
+    if found is not None and found != index.timestamps[-1]:
+        raise CorruptIndexError(
+            f"{index.path.name}: the last entry ({index.timestamps[-1]}, {index.offsets[-1]}) does not match "
+            f"the batch it names (max timestamp {found})"
+        )
 
 
 def _check_index_entries(segment: Segment) -> None:

@@ -19,9 +19,9 @@ import os
 import weakref
 from pathlib import Path
 
-from logq.errors import DiskFullError, StorageError
+from logq.errors import CorruptRecordError, DiskFullError, StorageError
 from logq.segments import files
-from logq.segments.batch import BatchHeader
+from logq.segments.batch import HEADER_SIZE, BatchHeader, parse_header, verify_batch
 from logq.segments.indexes import OffsetIndex, TimeIndex
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,33 @@ class Segment:
         if size <= 0:
             return b""
         return os.pread(self._fd, size, position)
+
+    def batch_max_timestamp(self, offset: int, *, verify: bool = False) -> int | None:
+        """Return the max timestamp in the header of the batch that starts at `offset`, or None when none does.
+
+        Reads batch headers forward from the offset index's position for
+        `offset`: a few small preads, because an index entry lies within
+        about `index_interval_bytes` of every batch. Used to check time
+        index entries, whose timestamps no CRC covers. With `verify`, also
+        reads the whole batch and returns None when it fails its CRC.
+        """
+        position = self.offset_index.lookup(offset)
+        while position + HEADER_SIZE <= self.size:
+            try:
+                header = parse_header(self.read(position, HEADER_SIZE))
+            except CorruptRecordError:
+                return None
+            if header.base_offset >= offset:
+                if header.base_offset != offset:
+                    return None
+                if verify:
+                    try:
+                        verify_batch(self.read(position, header.size), 0, header)
+                    except CorruptRecordError:
+                        return None
+                return header.max_timestamp_ms
+            position += header.size
+        return None
 
     def seal(self) -> None:
         """Index the last batch in the time index so the max timestamp survives a reopen."""
