@@ -359,7 +359,8 @@ def check(path: str | Path, *, repair: bool = False) -> CheckReport:
     """
     root = Path(path)
     if not root.is_dir():
-        raise NotFoundError(f"data directory {root} does not exist; pass the directory that logq.open used")
+        problem = "is not a directory" if root.exists() else "does not exist"
+        raise NotFoundError(f"data directory {root} {problem}. Pass the directory that logq.open used")
     lock = DataDirLock(root)
     lock.acquire()
     try:

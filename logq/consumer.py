@@ -184,6 +184,11 @@ class Consumer:
         runtime = await self._join()
         if isinstance(messages, Message):
             messages = [messages]
+        elif isinstance(messages, (str, bytes)) or not isinstance(messages, Iterable):
+            raise InvalidArgumentError(
+                f"expected a Message or a list of Messages from Consumer.receive, "
+                f"got {type(messages).__name__} {messages!r:.80}"
+            )
         by_partition: dict[int, list[int]] = defaultdict(list)
         topic_name, group_name = self._topic.name, self._group_name
         for message in messages:

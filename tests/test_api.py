@@ -64,7 +64,8 @@ async def test_message_is_immutable_value(data_dir: Path) -> None:
         with pytest.raises(AttributeError):
             message.offset = 5  # type: ignore[misc]
         assert message != replayed
-        assert "offset=0" in repr(message) and "consumer" not in repr(message)
+        assert "offset=0" in repr(message)
+        assert "consumer" not in repr(message)
         await first.close()
 
         # Equality ignores the consumer that received the message.
@@ -74,7 +75,19 @@ async def test_message_is_immutable_value(data_dir: Path) -> None:
         assert again != message
         twin = logq.Message.from_record("t", 0, again._record, group="g", delivery_count=2,
                                         lease_deadline=again.lease_deadline)
-        assert twin == again and hash(twin) == hash(again)
+        assert twin == again
+        assert hash(twin) == hash(again)
+
+
+@pytest.mark.parametrize("bad", [None, "x", 5], ids=["none", "str", "int"])
+async def test_ack_rejects_non_messages(data_dir: Path, bad: object) -> None:
+    async with logq.open(data_dir) as log:
+        await log.send("t", b"v")
+        consumer = log.consumer("t", group="g", auto_ack=False)
+
+        with pytest.raises(logq.InvalidArgumentError, match="expected a Message or a list of Messages"):
+            await consumer.ack_batch(bad)  # type: ignore[arg-type]
+        assert len(await consumer.receive(1)) == 1
 
 
 async def test_keyed_messages_stay_in_one_partition(data_dir: Path) -> None:

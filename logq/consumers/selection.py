@@ -126,10 +126,10 @@ class PartitionSelector:
     async def take_fifo_run(self, config: GroupConfig, now: float, limit: int) -> tuple[list[Record], bool] | None:
         """Return up to `limit` new messages in log order when nothing else competes for them.
 
-        This is the bulk path of a receive: it applies when no redelivery is
+        This is the bulk path of a receive. It applies when no redelivery is
         ready, no message above the default priority waits in the priority
-        index and the group has no per-key ordering, because then `choose`
-        would return these same records one by one. Returns None when it
+        index and the group has no per-key ordering. Then `choose` would
+        return these same records one by one. Returns None when it
         does not apply. Otherwise returns the records, to be leased by the
         caller before its next await, and whether the run ended because of
         `limit` or the end of the log (True) rather than at a message the
@@ -148,17 +148,16 @@ class PartitionSelector:
         return found
 
     async def _collect_fifo_run(self, config: GroupConfig, limit: int) -> tuple[list[Record], bool] | None:
+        """Collect the run for `take_fifo_run`, which checks that it still starts at the cursor."""
         state = self.state
         if state.cursor < self.log.log_start_offset:
             return None
         if await self._urgent(config, set(), False) is not None:
             return None
         self.streak = 0
+        self._trim_read_ahead()
+
         read_ahead = self.read_ahead
-        while read_ahead and read_ahead[0].offset < state.cursor:
-            read_ahead.popleft()
-        if read_ahead and read_ahead[0].offset > state.cursor:
-            read_ahead.clear()
         pending, held, done = state.pending, state.held_offsets, state.done
         # Below the first done offset at or after the cursor, `offset in done` is False,
         # so the loop checks the range set only past that point.
@@ -180,7 +179,7 @@ class PartitionSelector:
             offset = record.offset
             if offset in pending or offset in held or (offset >= done_from and offset in done):
                 # Known offsets inside the run (urgent messages leased ahead of the
-                # cursor, acks out of order) are skipped; at its start the cursor passes them.
+                # cursor, acks out of order) are skipped. Before the run starts, the cursor passes them.
                 if not run:
                     state.pass_over(offset)
                 continue
@@ -238,12 +237,17 @@ class PartitionSelector:
                 offset = self.index.first_at_or_after(level, offset + 1)
         return None
 
+    def _trim_read_ahead(self) -> None:
+        """Drop read-ahead records below the cursor, and all of them when they start past it."""
+        cursor = self.state.cursor
+        while self.read_ahead and self.read_ahead[0].offset < cursor:
+            self.read_ahead.popleft()
+        if self.read_ahead and self.read_ahead[0].offset > cursor:
+            self.read_ahead.clear()
+
     async def _fifo(self, config: GroupConfig, exclude: set[int], hold: bool) -> Candidate | None:
         state = self.state
-        while self.read_ahead and self.read_ahead[0].offset < state.cursor:
-            self.read_ahead.popleft()
-        if self.read_ahead and self.read_ahead[0].offset > state.cursor:
-            self.read_ahead.clear()
+        self._trim_read_ahead()
         scanned = 0
         position = 0
         while scanned < MAX_SCAN:

@@ -323,7 +323,7 @@ def decode_records(buffer: bytes | memoryview, position: int, header: BatchHeade
     if header.codec == CODEC_ZSTD:
         try:
             # A frame that declares its size is decompressed into a buffer of that size,
-            # so a crafted frame could ask for gigabytes; no batch is larger than MAX_BATCH_BYTES.
+            # so a crafted frame could ask for gigabytes. No real batch exceeds MAX_BATCH_BYTES.
             declared = zstandard.frame_content_size(payload)
             if declared > MAX_BATCH_BYTES:
                 raise zstandard.ZstdError(f"the frame declares {declared} bytes, above {MAX_BATCH_BYTES}")

@@ -172,7 +172,8 @@ async def test_deliver_event_stores_runs(tmp_path: Path) -> None:
     records = await group.journal.log.read(0)
     events = [orjson.loads(record.value) for record in records if b"deliver" in record.value]
 
-    assert events[0]["runs"] == [[0, 3, 0]] and "messages" not in events[0]
+    assert events[0]["runs"] == [[0, 3, 0]]
+    assert "messages" not in events[0]
     assert events[1]["messages"] == [[4, 0, None], [6, 0, None]]
     assert events[2]["messages"] == [[7, 0, b"k".hex()], [8, 0, b"k".hex()]]  # keys are stored as hex
     live = group.snapshot_state()

@@ -106,7 +106,7 @@ class MatrixReport:
 
 @dataclass
 class LaneState:
-    """What one lane knows: the acknowledged results so far and the previous check's observations."""
+    """State of one lane: the acknowledged results so far and the previous check's observations."""
 
     number: int
     directory: Path
