@@ -3,8 +3,11 @@
 This module owns the checks of every file logq writes (docs/format.md) and the
 choice of which damage `--repair` may fix. It reads segments, indexes,
 priority index files, group journals and snapshots with plain read-only file
-access, and holds the data-directory lock for the whole run, so a directory
+access. It holds the data-directory lock for the whole run, so a directory
 that another process has open raises DataDirLockedError instead of racing it.
+Without --repair the lock is shared and taken on the existing lock file
+opened read-only, so a check writes, creates and removes nothing and works on
+a read-only mount or snapshot. --repair takes the exclusive lock.
 
 The rules for single derived files are in logq.check_files, and the repairs
 in logq.check_repair. Repairs reuse the code that opening a directory runs
@@ -352,20 +355,25 @@ class _Inspection:
 def check(path: str | Path, *, repair: bool = False) -> CheckReport:
     """Check every file of the data directory at `path`; with `repair`, fix what is safe to fix.
 
-    Without `repair` no file changes, apart from the lock file's owner line,
-    which is written and cleared again. Raises NotFoundError when `path` is not
-    a directory and DataDirLockedError when another process has it open. Call
-    it outside a running event loop, because repairs run one.
+    Without `repair` nothing in the directory is written, created or removed,
+    the lock file included. The check then takes a shared lock on the existing
+    lock file, or no lock when that file is missing. With `repair` it takes the
+    exclusive lock, as Log.open does. Raises NotFoundError when `path` is not a
+    directory, DataDirLockedError when another process has it open or opens it
+    during an unlocked check, and StorageError when the lock file cannot be
+    opened for reading. Call it outside a running event loop, because repairs
+    run one.
     """
     root = Path(path)
     if not root.is_dir():
         problem = "is not a directory" if root.exists() else "does not exist"
         raise NotFoundError(f"data directory {root} {problem}. Pass the directory that logq.open used")
-    lock = DataDirLock(root)
+    lock = DataDirLock(root, shared=not repair)
     lock.acquire()
     try:
         inspection = _Inspection(root)
         inspection.run()
+        lock.verify_unopened()
         report = CheckReport(path=root, repair=repair)
         report.partitions = len(inspection.partitions)
         report.segments = sum(scan.segments for scan in inspection.partitions.values())

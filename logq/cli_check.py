@@ -25,7 +25,8 @@ def check(
     """Check segments, indexes, priority indexes and group journals of the data directory.
 
     Prints one line per finding and a summary. Exits with code 9 when findings
-    remain and 0 when the directory is clean.
+    remain and 0 when the directory is clean. Without --repair it writes
+    nothing, not even the lock file, so it can check a read-only copy.
 
     \b
     Example:

@@ -56,11 +56,11 @@ def segments(directory: Path) -> list[Path]:
 
 
 def hashes(root: Path) -> dict[str, str]:
-    """Return the SHA-256 of every file except the lock file, by relative path."""
+    """Return the SHA-256 of every file, the lock file included, by relative path."""
     return {
         path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != ".lock"
+        if path.is_file()
     }
 
 

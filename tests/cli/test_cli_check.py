@@ -167,3 +167,12 @@ def test_check_locked_directory(data: Path) -> None:
     assert result.exit_code == ExitCode.LOCKED, result.output
     assert result.stderr.startswith(f"error: data directory {data} is locked by pid {holder.pid} on ")
     assert result.stdout == ""
+
+
+def test_check_without_lock_file_creates_none(data: Path) -> None:
+    (data / ".lock").unlink()
+
+    result = invoke(data, "check")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert not (data / ".lock").exists()
