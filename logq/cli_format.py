@@ -7,6 +7,7 @@ and stable for scripts.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -30,14 +31,36 @@ def format_timestamp(timestamp_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Control characters that human output writes as escapes: C0 except tab, DEL and C1.
+# A terminal acts on them (ESC and CSI start sequences that can clear the screen or
+# retitle the window, CR returns to the start of the line), so printing message
+# text raw would let a producer rewrite the user's screen. Tab only moves the
+# cursor forward, so it stays as it is.
+_CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != ord("\t")
+} | {ord("\r"): "\\r", ord("\n"): "\\n"}
+_CONTROL_PATTERN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """Return `text` for a terminal: CR and LF as \\r and \\n, other C0 and C1 controls and DEL as \\xHH.
+
+    Tab and every other character stay as they are, and so do backslashes,
+    so the output is for people to read and is not an unambiguous encoding.
+    """
+    if _CONTROL_PATTERN.search(text) is None:
+        return text
+    return text.translate(_CONTROL_ESCAPES)
+
+
 def display_text(data: bytes) -> str:
     """Decode bytes for one line of human output.
 
-    Invalid UTF-8 becomes U+FFFD, a trailing CR/LF is dropped, and any other
-    CR or LF is written as the escape \\r or \\n so one message stays one line.
+    Invalid UTF-8 becomes U+FFFD and a trailing CR/LF is dropped. Control
+    characters are escaped by `escape_controls`, so one message stays one line
+    and cannot send terminal control sequences.
     """
-    text = data.decode("utf-8", "replace").rstrip("\r\n")
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    return escape_controls(data.decode("utf-8", "replace").rstrip("\r\n"))
 
 
 def format_message_line(message: Message) -> str:
@@ -212,7 +235,8 @@ def format_dead_letters(letters: Sequence[DeadLetter]) -> str:
         [
             [
                 letter.dlq_offset, f"{letter.source_partition}@{letter.source_offset}", letter.delivery_count,
-                letter.reason, letter.last_failure or None, "yes" if letter.redriven else "no",
+                escape_controls(letter.reason), escape_controls(letter.last_failure) or None,
+                "yes" if letter.redriven else "no",
             ]
             for letter in letters
         ],
@@ -240,23 +264,26 @@ def dead_letter_to_json(letter: DeadLetter, *, with_message: bool) -> dict[str, 
 
 
 def format_dead_letter(letter: DeadLetter) -> str:
-    """Format one dead letter for `dlq show`: its facts, every header, then the value."""
+    """Format one dead letter for `dlq show`: its facts, every header, then the value.
+
+    The texts that come from headers are escaped by `escape_controls`.
+    """
     message = letter.message
     facts = format_settings([
         ("dlq topic", letter.dlq_topic),
         ("dlq offset", letter.dlq_offset),
         ("source", f"{letter.source_topic}/{letter.source_partition}@{letter.source_offset}"),
         ("group", letter.group),
-        ("reason", letter.reason),
+        ("reason", escape_controls(letter.reason)),
         ("delivery count", letter.delivery_count),
-        ("first failure", letter.first_failure or None),
-        ("last failure", letter.last_failure or None),
+        ("first failure", escape_controls(letter.first_failure) or None),
+        ("last failure", escape_controls(letter.last_failure) or None),
         ("redriven", "yes" if letter.redriven else "no"),
         ("key", NO_KEY_TEXT if message.key is None else display_text(message.key)),
         ("priority", message.priority),
         ("timestamp", format_timestamp(message.timestamp_ms)),
     ])
-    headers = [f"  {name}: {display_text(text.encode('utf-8'))}" for name, text in message.headers.items()]
+    headers = [f"  {escape_controls(name)}: {escape_controls(text)}" for name, text in message.headers.items()]
     return "\n".join([facts, "headers:", *headers, "value:", display_text(message.raw_value)])
 
 
@@ -269,7 +296,7 @@ def redrive_lines(report: RedriveReport, letters: dict[int, DeadLetter]) -> list
             f"redriven dlq offset {dlq_offset}: {letter.source_topic}/{letter.source_partition}@{letter.source_offset}"
         )
     for dlq_offset, reason in sorted(report.skipped.items()):
-        lines.append(f"skipped dlq offset {dlq_offset}: {reason}")
+        lines.append(f"skipped dlq offset {dlq_offset}: {escape_controls(reason)}")
     return lines
 
 

@@ -52,6 +52,9 @@ async def read_stdin_lines(stream: BinaryIO, chunk_bytes: int = 64 * 1024) -> As
     executor, because `asyncio.run` waits for those threads when it ends, and
     a read blocked on a terminal would then keep Ctrl-C from exiting. An
     unterminated last line is yielded at the end of the stream.
+
+    Each list contains the lines that one read completed, so a line longer than
+    `chunk_bytes` arrives whole, in the list of the read that found its end.
     """
     chunks: asyncio.Queue[bytes | Exception] = asyncio.Queue(maxsize=4)
     reader = threading.Thread(
@@ -61,20 +64,25 @@ async def read_stdin_lines(stream: BinaryIO, chunk_bytes: int = 64 * 1024) -> As
         daemon=True,
     )
     reader.start()
-    partial = b""
+    # The chunks of the unterminated line so far. They are joined once, when its
+    # end arrives, so a line of many chunks costs time linear in its length.
+    # NOTE: the whole line is held in memory, whatever the topic's max message size.
+    pending: list[bytes] = []
     while True:
         data = await chunks.get()
         if isinstance(data, Exception):
             raise data
         if not data:
             break
-        buffer = partial + data
+        if b"\n" not in data:
+            pending.append(data)
+            continue
+        buffer = b"".join([*pending, data]) if pending else data
         values, used = split_lines(buffer, keep_newlines=False)
-        partial = buffer[used:]
-        if values:
-            yield values
-    if partial:
-        yield [partial]
+        pending = [buffer[used:]] if used < len(buffer) else []
+        yield values
+    if pending:
+        yield [b"".join(pending)]
 
 
 def _chunk_reader(stream: BinaryIO, chunk_bytes: int) -> Callable[[], bytes]:

@@ -14,11 +14,12 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from logq import Consumer, InvalidArgumentError, Log, Message
+from logq import Consumer, InvalidArgumentError, InvalidConfigError, Log, Message, MessageTooLargeError, TopicConfig
 from logq.cli_common import CountOption, JsonOption, TopicArgument, run_with_log
 from logq.cli_format import print_messages, to_json_line
 from logq.cli_input import StopSignal, check_minimum, parse_headers, parse_time, parse_value, read_stdin_lines
 from logq.log import MAX_PRIORITY
+from logq.message import encode_value
 from logq.topics import partition_for_key
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
@@ -246,11 +247,13 @@ async def send_stdin_lines(
 ) -> None:
     """Send each line of `stream` as one message, one record batch per read, as the lines arrive.
 
-    A line that does not parse stops the command, after the lines before it
-    were sent.
+    A line that does not parse, or that is above the topic's max message size,
+    stops the command: every line before it is sent and printed, and the error
+    (InvalidArgumentError, or MessageTooLargeError) names the line.
     """
     line_number = 0
     async for lines in read_stdin_lines(stream):
+        first_line = line_number + 1
         payloads = []
         for line in lines:
             line_number += 1
@@ -258,9 +261,60 @@ async def send_stdin_lines(
                 payloads.append(parse_value(line, f"line {line_number} of standard input", json_values=json_values))
             except (InvalidArgumentError, typer.BadParameter):
                 if payloads:
-                    await send_and_print(log, topic, payloads, **send_options)
+                    await send_lines(log, topic, payloads, first_line, **send_options)
                 raise
-        await send_and_print(log, topic, payloads, **send_options)
+        await send_lines(log, topic, payloads, first_line, **send_options)
+
+
+async def send_lines(
+    log: Log, topic: str, payloads: list[Any], first_line: int, *, key: bytes | None, headers: dict[str, str],
+    **send_options: Any,
+) -> None:
+    """Send the payloads of consecutive lines of standard input, the first being line `first_line`.
+
+    All of them are sent as one batch, unless one is above the topic's max
+    message size. Then the lines before that one are sent, and a
+    MessageTooLargeError names its line number, its size and the limit.
+    """
+    try:
+        await send_and_print(log, topic, payloads, key=key, headers=headers, **send_options)
+        return
+    except MessageTooLargeError:
+        # Log.send_batch checks every size before it appends, so nothing was stored.
+        limit = log.describe_topic(topic).config.max_message_bytes
+        shared_bytes = len(key or b"") + sum(len(name.encode()) + len(text.encode()) for name, text in headers.items())
+        sizes = (len(encode_value(payload)[0]) + shared_bytes for payload in payloads)
+        oversized = next(((index, size) for index, size in enumerate(sizes) if size > limit), None)
+        if oversized is None:
+            raise  # the sizes above do not explain the error, so pass it on unchanged
+    index, size = oversized
+    if index:
+        await send_and_print(log, topic, payloads[:index], key=key, headers=headers, **send_options)
+    raise MessageTooLargeError(too_large_line_message(topic, first_line + index, size, limit, shared_bytes)) from None
+
+
+def too_large_line_message(topic: str, line_number: int, size: int, limit: int, shared_bytes: int) -> str:
+    """Return the error for line `line_number` of standard input, whose message of `size` bytes is above `limit`.
+
+    `shared_bytes` is the size of the key and headers, which count toward the limit.
+    """
+    size_text = f"{size} bytes with its key and headers" if shared_bytes else f"{size} bytes"
+    if line_number == 1:
+        sent = "no line was sent"
+    elif line_number == 2:
+        sent = "line 1 was sent"
+    else:
+        sent = f"lines 1 to {line_number - 1} were sent"
+    try:
+        TopicConfig(max_message_bytes=size)
+    except InvalidConfigError:
+        fix = "Split the line, because no topic accepts a message that large"
+    else:
+        fix = f"Shorten the line, or produce to a topic created with `logq topics create NAME --max-message-bytes {size}`"
+    return (
+        f"line {line_number} of standard input makes a message of {size_text}, above the max message size "
+        f"of topic {topic!r} ({limit} bytes); {sent}, line {line_number} and the lines after it were not. {fix}"
+    )
 
 
 async def consume_and_print(
