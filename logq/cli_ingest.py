@@ -1,11 +1,14 @@
 """The command `logq ingest`: one message per line of text files, keyed by the file's name, optionally tailing them.
 
 Each file's lines go through `Log.send_batch` with the file's base name as the
-key, so all lines of a file land in one partition in file order. File reads
-use aiofiles, which runs them in a worker thread off the event loop.
+key, so all lines of a file land in one partition in file order. Files are
+opened with aiofiles and read with `os.pread` in a worker thread, both off the
+event loop.
 """
 
+import asyncio
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,10 @@ READ_CHUNK_BYTES = 1024 * 1024
 # long lines does not build batches of hundreds of MiB.
 MAX_BATCH_BYTES = 1024 * 1024
 FOLLOW_POLL_SECONDS = 0.2
+# Each read of a regular file also fetches up to this many bytes before the read
+# position and compares them with the bytes read there before. A file that was
+# truncated and grew back past the read position within one poll is noticed so.
+FINGERPRINT_BYTES = 64
 DEFAULT_BATCH_SIZE = 1000
 
 
@@ -66,7 +73,10 @@ class InputFile:
     """One input file: its open handle, the unterminated line read so far and what was sent.
 
     `lines` counts messages sent, and `bytes` the file bytes they cover,
-    line terminators included.
+    line terminators included. `change_seen` is "truncated" or "rewritten"
+    once a read found the file shorter than the read position or different in
+    the bytes before it, and None otherwise. Reads return None from then on
+    until `open` starts the file again.
     """
 
     def __init__(self, path: Path, *, keep_newlines: bool) -> None:
@@ -78,17 +88,25 @@ class InputFile:
         self.bytes = 0
         self._handle: Any = None
         self._identity: tuple[int, int] | None = None
+        self._regular = True
         self._position = 0
         self._partial = b""
+        self._fingerprint = b""
+        self.change_seen: str | None = None
 
     async def open(self) -> None:
         """Open the file from its start; raises OSError naming the file when it is missing or unreadable."""
         self._handle = await aiofiles.open(self.path, "rb")
         status = os.fstat(self._handle.fileno())
         self._identity = (status.st_dev, status.st_ino)
+        # A pipe, such as the path bash gives for <(command), cannot be read
+        # at an offset, so it is read in order without the fingerprint check.
+        self._regular = stat.S_ISREG(status.st_mode)
         self.size = status.st_size
         self._position = 0
         self._partial = b""
+        self._fingerprint = b""
+        self.change_seen = None
 
     async def close(self) -> None:
         """Close the handle; safe to call twice."""
@@ -97,13 +115,41 @@ class InputFile:
             self._handle = None
 
     async def read_lines(self) -> tuple[list[bytes], int] | None:
-        """Read the next chunk; return its complete lines and the bytes they used, or None at the end of the file."""
-        if self._handle is None:
+        """Read the next chunk; return its complete lines and the bytes they used, or None at the end of the file.
+
+        A regular file is read with one pread that starts up to
+        FINGERPRINT_BYTES before the read position. When those bytes differ
+        from the ones read there before, or the file now ends before the read
+        position, this sets `change_seen` and returns None.
+        """
+        if self._handle is None or self.change_seen is not None:
             return None
-        data = await self._handle.read(READ_CHUNK_BYTES)
-        if not data:
+        if not self._regular:
+            data = await self._handle.read(READ_CHUNK_BYTES)
+            if not data:
+                return None
+            self._position += len(data)
+            return self._split_lines(data)
+
+        overlap = len(self._fingerprint)
+        data = await asyncio.to_thread(
+            os.pread, self._handle.fileno(), overlap + READ_CHUNK_BYTES, self._position - overlap
+        )
+        if len(data) < overlap:
+            self.change_seen = "truncated"
             return None
-        self._position += len(data)
+        # NOTE: a rewrite that puts the same bytes in this range is not
+        # noticed, and reading goes on at the old position in the new content.
+        if data[:overlap] != self._fingerprint:
+            self.change_seen = "rewritten"
+            return None
+        if len(data) == overlap:
+            return None
+        self._position += len(data) - overlap
+        self._fingerprint = data[-FINGERPRINT_BYTES:]
+        return self._split_lines(memoryview(data)[overlap:])
+
+    def _split_lines(self, data: bytes | memoryview) -> tuple[list[bytes], int]:
         buffer = self._partial + data
         values, used = split_lines(buffer, keep_newlines=self.keep_newlines)
         self._partial = buffer[used:]
@@ -115,10 +161,13 @@ class InputFile:
         return partial
 
     def detect_change(self) -> str | None:
-        """Return "truncated" or "replaced" when the file under this path changed as `tail -F` detects it.
+        """Return "replaced", "truncated" or "rewritten" when the file must be read again from its start.
 
-        A missing path returns None, so a rotated file that was not recreated
-        yet is waited for.
+        "replaced" means another file now has this path, as after log
+        rotation. "truncated" and "rewritten" come from `change_seen`, or
+        "truncated" from a size below the read position. A missing path
+        returns None, so a rotated file that was not recreated yet is waited
+        for.
         """
         try:
             status = os.stat(self.path)
@@ -126,7 +175,9 @@ class InputFile:
             return None
         if (status.st_dev, status.st_ino) != self._identity:
             return "replaced"
-        if status.st_size < self._position:
+        if self.change_seen is not None:
+            return self.change_seen
+        if self._regular and status.st_size < self._position:
             return "truncated"
         return None
 
@@ -173,26 +224,35 @@ class Ingester:
         """Send lines as they are appended to `sources` until a stop signal, then send what remains.
 
         An unterminated line waits for its newline while following. It is sent
-        as it is when its file is truncated or replaced, and at the stop, so
-        no byte that was read is dropped.
+        as it is when its file is truncated, rewritten or replaced, and at the
+        stop, so no byte that was read is dropped.
         """
         while not await stop.sleep(FOLLOW_POLL_SECONDS):
             for source in sources:
-                await self.read_to_end(source)
-                change = source.detect_change()
-                if change is None:
-                    continue
-                await self.send_partial(source)
-                await source.close()
-                try:
-                    await source.open()
-                except FileNotFoundError:
-                    notify(f"{source.path}: file {change} and then removed; waiting for it to reappear")
-                    continue
-                notify(f"{source.path}: file {change}; reading it from the start")
+                await self.poll(source, notify)
         for source in sources:
-            await self.read_to_end(source)
+            await self.poll(source, notify)
             await self.send_partial(source)
+
+    async def poll(self, source: InputFile, notify: Callable[[str], None]) -> None:
+        """Send the new lines of `source`, and read its file again from the start when it changed.
+
+        A change is what `InputFile.detect_change` reports. The changed file
+        is reopened, announced through `notify` and read to its current end.
+        """
+        await self.read_to_end(source)
+        change = source.detect_change()
+        if change is None:
+            return
+        await self.send_partial(source)
+        await source.close()
+        try:
+            await source.open()
+        except FileNotFoundError:
+            notify(f"{source.path}: file {change} and then removed; waiting for it to reappear")
+            return
+        notify(f"{source.path}: file {change}; reading it from the start")
+        await self.read_to_end(source)
 
 
 async def ingest_files(
@@ -223,11 +283,19 @@ async def _read_sources(log: Log, sources: list[InputFile], topic: str, *, batch
             await ingester.read_to_end(source)
             if not follow:
                 await ingester.send_partial(source)
+            if not follow and source.change_seen is not None:
+                typer.echo(
+                    f"{source.path}: file {source.change_seen} while it was read; "
+                    f"sent its first {counted(source.bytes, 'byte')} and skipped the rest",
+                    err=True,
+                )
     if not follow:
         return
     ingester.on_read = lambda size: None
-    typer.echo(f"following {counted(len(sources), 'file')}; press Ctrl-C to stop", err=True)
     with StopSignal() as stop:
+        # Printed once the signal handlers are in place, so a caller that
+        # waits for this line can stop the follower with SIGTERM right away.
+        typer.echo(f"following {counted(len(sources), 'file')}; press Ctrl-C to stop", err=True)
         await ingester.follow(sources, stop, notify=lambda text: typer.echo(text, err=True))
 
 
