@@ -306,7 +306,15 @@ class _Inspection:
             except (KeyError, TypeError, ValueError) as exc:
                 self.add(snapshot_path, "snapshot", f"snapshot does not restore: {exc!r}",
                          journal.log_start == 0 and journal.repairable)
-        start = snapshot["journal_offset"] if isinstance(snapshot, dict) else journal.log_start
+        start = journal.log_start
+        if isinstance(snapshot, dict):
+            # The snapshot already contains the events that were queued when it was taken.
+            start = snapshot["journal_offset"] + snapshot.get("unwritten_events", 0)
+            if start > journal.log_end:
+                self.add(snapshot_path, "snapshot-ahead",
+                         f"the snapshot contains {start - journal.log_end} events that were never written to the journal "
+                         f"(the process stopped first); opening the group moves it to the journal end "
+                         f"offset {journal.log_end}", True)
         for offset, value in journal.values:
             if offset < start:
                 continue

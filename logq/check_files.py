@@ -208,6 +208,9 @@ def snapshot_problem(snapshot: object, journal_end: int) -> str | None:
         return "partitions is not a list"
     if journal_offset > journal_end:
         return f"journal_offset {journal_offset} is past the journal end offset {journal_end}"
+    unwritten = snapshot.get("unwritten_events", 0)
+    if not isinstance(unwritten, int) or isinstance(unwritten, bool) or unwritten < 0:
+        return f"unwritten_events is {unwritten!r}, not a count"
     return None
 
 

@@ -3,7 +3,8 @@
 A partition is repaired only when every finding in it is repairable: damaged
 derived files are deleted and PartitionLog recovery and PriorityIndex.open
 rebuild them, and recovery truncates a torn tail. A damaged snapshot is
-replaced by opening and closing the group after moving the snapshot aside.
+replaced by opening and closing the group after moving the snapshot aside. A
+snapshot ahead of its journal is moved to the journal end by opening it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from logq.check_files import Finding, PartitionScan
 from logq.consumers.group import Group
-from logq.consumers.journal import JOURNAL_DIR_NAME, JOURNAL_SEGMENT_BYTES
+from logq.consumers.journal import JOURNAL_DIR_NAME, JOURNAL_SEGMENT_BYTES, GroupJournal
 from logq.consumers.priority_index import PriorityIndex
 from logq.errors import LogqError
 from logq.segments import LogConfig, PartitionLog, files
@@ -49,6 +50,12 @@ async def repair(root: Path, findings: list[Finding], partitions: dict[Path, Par
         if finding.kind == "snapshot" and finding.repairable and journal not in broken_journals:
             if await _rebuild_snapshot(root / finding.path):
                 repaired.add(finding)
+        elif finding.kind == "snapshot-ahead" and journal not in broken_journals:
+            # Opening the journal moves such a snapshot to the journal end. It contains events
+            # that exist nowhere else, so it must never be rebuilt from the journal.
+            group_journal, _, _ = await GroupJournal.open((root / finding.path).parent, fsync="always")
+            await group_journal.close()
+            repaired.add(finding)
     return repaired
 
 

@@ -272,14 +272,16 @@ class Consumer:
             unseen = {(m.topic, m.partition, m.offset) for m in self._buffer}
             self._returned = []
             self._buffer.clear()
-            if self._runtime is not None and not self._log.closed:
-                async with self._runtime.lock:
-                    released = await self._runtime.group.release(self.id, unseen=unseen)
-                if released:
-                    self._runtime._wake_readers()
-                    logger.info("consumer %d of group %s closed; %d unacked messages are ready again",
-                                self.id, self._group_name, released)
-            self._log._forget_consumer(self)
+            try:
+                if self._runtime is not None and not self._log.closed:
+                    async with self._runtime.lock:
+                        released = await self._runtime.group.release(self.id, unseen=unseen)
+                    if released:
+                        self._runtime._wake_readers()
+                        logger.info("consumer %d of group %s closed; %d unacked messages are ready again",
+                                    self.id, self._group_name, released)
+            finally:
+                self._log._forget_consumer(self)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -90,18 +90,23 @@ class GroupRuntime:
         if self._nothing_new(topic, marker):
             return []
         async with self.lock:
-            await self.handle_expired()
-            now = self.group.clock()
-            deadline = now + lease
-            for number in order:
-                partition = topic.partitions[number]
-                await self.group.skip_removed(topic.name, number, partition.log_start_offset)
-            picks, dead = await self._pick(topic, order, limit, now, owner=consumer.id, deadline=deadline)
-            for number in order:
-                entries = [entry for picked, _, entry in picks if picked == number]
-                await self.group.record_deliveries(topic.name, number, entries, deadline)  # type: ignore[arg-type]
-            for number, record, entry in dead:
-                await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
+            picks: list[tuple[int, Record, Pending | None]] = []
+            try:
+                await self.handle_expired()
+                now = self.group.clock()
+                deadline = now + lease
+                for number in order:
+                    partition = topic.partitions[number]
+                    await self.group.skip_removed(topic.name, number, partition.log_start_offset)
+                dead = await self._pick(topic, order, limit, now, owner=consumer.id, deadline=deadline, picks=picks)
+                for number in order:
+                    entries = [entry for picked, _, entry in picks if picked == number]
+                    await self.group.record_deliveries(topic.name, number, entries, deadline)  # type: ignore[arg-type]
+                for number, record, entry in dead:
+                    await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
+            except BaseException as exc:
+                self._take_back(topic.name, picks, exc)
+                raise
             if len(picks) < limit and not dead:
                 self._exhausted[topic.name] = marker
             topic_name, group_name = topic.name, self.group.name
@@ -110,6 +115,16 @@ class GroupRuntime:
                                   deadline, consumer)
                 for number, record, entry in picks
             ]
+
+    def _take_back(self, topic_name: str, picks: list[tuple[int, Record, Pending | None]], error: BaseException) -> None:
+        """Make the leases of a receive that failed ready again, since the application never got them."""
+        if not picks:
+            return
+        for number in sorted({number for number, _, _ in picks}):
+            self.group.take_back(topic_name, number, [record.offset for picked, record, _ in picks if picked == number])
+        log = logger.debug if isinstance(error, asyncio.CancelledError) else logger.warning
+        log("group %s: a receive of %s failed after leasing %d messages (%r); they are ready again",
+            self.group.name, topic_name, len(picks), error)
 
     def _nothing_new(self, topic: Topic, marker: tuple[int, int]) -> bool:
         """Return True when a receive of `topic` would find nothing, judged without reading anything.
@@ -128,7 +143,8 @@ class GroupRuntime:
         """Return what a receive with the same partition `order` would get, changing no delivery state."""
         async with self.lock:
             await self.handle_expired()
-            picks, _ = await self._pick(topic, order, limit, self.group.clock(), owner=None, deadline=None)
+            picks: list[tuple[int, Record, Pending | None]] = []
+            await self._pick(topic, order, limit, self.group.clock(), owner=None, deadline=None, picks=picks)
             return [
                 Message.from_record(topic.name, number, record, group=self.group.name,
                                     delivery_count=entry.delivery_count if entry else 0)
@@ -136,25 +152,26 @@ class GroupRuntime:
             ]
 
     async def _pick(
-        self, topic: Topic, order: list[int], limit: int, now: float, *, owner: int | None, deadline: float | None
-    ) -> tuple[list[tuple[int, Record, Pending | None]], list[tuple[int, Record, Pending]]]:
-        """Choose up to `limit` messages, merging the partitions' next candidates by priority.
+        self, topic: Topic, order: list[int], limit: int, now: float, *, owner: int | None, deadline: float | None,
+        picks: list[tuple[int, Record, Pending | None]],
+    ) -> list[tuple[int, Record, Pending]]:
+        """Choose up to `limit` messages into `picks`, merging the partitions' next candidates by priority.
 
-        With `owner` set, leases each pick to that consumer and returns the
+        With `owner` set, leases each pick to that consumer as it is appended,
+        so `picks` names every lease even when this raises, and returns the
         entries that reached max deliveries for dead-lettering. With `owner`
         None (a peek) nothing is leased or held, and the selectors' starvation
         counts are restored afterwards.
         """
         config = self.group.config
         selectors = {number: self.selector(topic.name, number) for number in order}
-        picks: list[tuple[int, Record, Pending | None]] = []
         if owner is not None:
             if len(order) == 1:
-                picks = await self._take_urgent_run(selectors[order[0]], order[0], limit, now, owner, deadline)  # type: ignore[arg-type]
+                await self._take_urgent_run(selectors[order[0]], order[0], limit, now, owner, deadline, picks)  # type: ignore[arg-type]
             if len(picks) < limit:
                 picks += await self._take_fifo_runs(selectors, order, limit - len(picks), now, owner, deadline)  # type: ignore[arg-type]
             if len(picks) == limit:
-                return picks, []
+                return []
         streaks = {number: selector.streak for number, selector in selectors.items()}
         excluded: dict[int, set[int]] = {number: set() for number in order}
         peeked_keys: dict[int, set[bytes]] = {number: set() for number in order}
@@ -192,19 +209,24 @@ class GroupRuntime:
         if owner is None:
             for number, selector in selectors.items():
                 selector.streak = streaks[number]
-        return picks, dead
+        return dead
 
     async def _take_urgent_run(
         self, selector: PartitionSelector, number: int, limit: int, now: float, owner: int, deadline: float,
-    ) -> list[tuple[int, Record, Pending | None]]:
-        """Lease new messages above priority 0 of a one-partition receive in bulk, most urgent first.
+        picks: list[tuple[int, Record, Pending | None]],
+    ) -> None:
+        """Lease new messages above priority 0 of a one-partition receive in bulk, most urgent first, into `picks`.
 
-        Returns nothing when the group's settings need the general path (see
+        Leases nothing when the group's settings need the general path (see
         `PartitionSelector.lease_urgent_run`). The FIFO run or the general
-        path then continues from where it stopped.
+        path then continues from where it stopped. `picks` gets the leases
+        made before an error too.
         """
-        leased = await selector.lease_urgent_run(self.group.config, now, limit, owner, deadline)
-        return [(number, record, entry) for record, entry in leased]
+        leased: list[tuple[Record, Pending]] = []
+        try:
+            await selector.lease_urgent_run(self.group.config, now, limit, owner, deadline, leased)
+        finally:
+            picks.extend((number, record, entry) for record, entry in leased)
 
     async def _take_fifo_runs(
         self, selectors: dict[int, PartitionSelector], order: list[int], limit: int, now: float, owner: int,

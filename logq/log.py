@@ -150,7 +150,7 @@ class Log:
                 if directory.is_dir():
                     self._topics[directory.name] = await Topic.open(directory.name, directory)
         except BaseException:
-            await self._close_all()
+            await self._close_all([])  # the open error is the one to report
             raise
         self.closed = False
         logger.info("opened data directory %s with %d topics", self.path, len(self._topics))
@@ -166,27 +166,41 @@ class Log:
     async def close(self) -> None:
         """Close consumers, groups and topics, flushing everything written. Safe to call twice.
 
-        Open consumers are closed first, so auto-ack still commits what they returned.
+        Open consumers are closed first, so auto-ack still commits what they
+        returned. Every part is closed even when one fails (a full disk, say);
+        the first error is raised at the end, and the directory is unlocked.
         """
         if self.closed:
             return
+        errors: list[Exception] = []
         for consumer in list(self._consumers):
-            await consumer.close()
+            await self._close_part(consumer, f"consumer of group {consumer._group_name!r}", errors)
         self.closed = True
-        await self._close_all()
+        await self._close_all(errors)
         logger.info("closed data directory %s", self.path)
+        if errors:
+            raise errors[0]
 
-    async def _close_all(self) -> None:
+    async def _close_all(self, errors: list[Exception]) -> None:
         try:
-            for group in self._groups.values():
-                await group.close()
-            for topic in self._topics.values():
-                await topic.close()
+            for name, group in self._groups.items():
+                await self._close_part(group, f"group {name!r}", errors)
+            for name, topic in self._topics.items():
+                await self._close_part(topic, f"topic {name!r}", errors)
         finally:
             self._groups.clear()
             self._runtimes.clear()
             self._topics.clear()
             self._lock.release()
+
+    @staticmethod
+    async def _close_part(part: Any, description: str, errors: list[Exception]) -> None:
+        """Close `part`; on failure log and keep the error, so the other parts still close."""
+        try:
+            await part.close()
+        except Exception as exc:  # noqa: BLE001 - every part must get its close; the first error is raised later
+            logger.error("closing the %s failed: %s", description, exc)
+            errors.append(exc)
 
     async def __aenter__(self) -> Log:
         return self

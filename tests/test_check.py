@@ -393,3 +393,39 @@ def test_reopened_compressed_topic_clean(tmp_path: Path) -> None:
 
     assert report.findings == []
     assert report.partitions == 3
+
+
+def test_snapshot_ahead_of_journal_reported_and_moved(data: Path) -> None:
+    snapshot = data / SNAPSHOT
+    state = orjson.loads(snapshot.read_bytes())
+    # As a stop leaves it when two events the snapshot holds were still queued for the journal.
+    state["unwritten_events"] = 2
+    snapshot.write_bytes(orjson.dumps(state))
+
+    report = check_changes_nothing(data)
+
+    assert kinds(report) == [(SNAPSHOT.as_posix(), "snapshot-ahead")]
+    assert "contains 2 events that were never written to the journal" in report.findings[0].problem
+    assert report.findings[0].repairable
+
+    repaired = logq.check(data, repair=True)
+
+    assert repaired.findings[0].repaired
+    assert repaired.remaining == []
+    moved = orjson.loads(snapshot.read_bytes())
+    assert (moved["journal_offset"], moved["unwritten_events"]) == (state["journal_offset"], 0)
+    assert moved["partitions"] == state["partitions"]
+    assert logq.check(data).findings == []
+
+
+@pytest.mark.parametrize("value", [-1, "1", True])
+def test_snapshot_bad_unwritten_count_reported(data: Path, value: object) -> None:
+    snapshot = data / SNAPSHOT
+    state = orjson.loads(snapshot.read_bytes())
+    state["unwritten_events"] = value
+    snapshot.write_bytes(orjson.dumps(state))
+
+    report = check_changes_nothing(data)
+
+    assert kinds(report) == [(SNAPSHOT.as_posix(), "snapshot")]
+    assert "unwritten_events" in report.findings[0].problem

@@ -374,3 +374,41 @@ async def test_ack_nack_extend_race(data_dir: Path, seed: int) -> None:
     assert not acked & redelivered
     assert acked | redelivered == set(range(count))
     await assert_dense_and_readable(data_dir, "jobs")
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["bulk urgent run", "general path"])
+async def test_failed_receive_takes_its_leases_back(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    keyed: bool) -> None:
+    """A receive that fails after leasing some messages makes them ready again with their delivery counts."""
+    from logq.consumers.selection import PartitionSelector
+    from logq.errors import StorageError
+
+    real_read_one = PartitionSelector._read_one
+    reads = 0
+
+    async def failing_third_read(self: PartitionSelector, offset: int) -> object:
+        nonlocal reads
+        reads += 1
+        if reads == 3:
+            raise StorageError(f"injected read error at offset {offset}")
+        return await real_read_one(self, offset)
+
+    async with logq.open(data_dir) as log:
+        # Urgent messages are read one at a time, by the bulk run and (with per-key ordering)
+        # by the general path, so the third read fails after two leases.
+        for number in range(5):
+            await log.send("t", f"m{number}".encode(), key=f"k{number}" if keyed else None, priority=5)
+        if keyed:
+            await log.configure_group("g", key_ordering=True)
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        monkeypatch.setattr(PartitionSelector, "_read_one", failing_third_read)
+
+        with pytest.raises(StorageError, match="injected"):
+            await consumer.receive(5)
+
+        assert reads == 3
+        monkeypatch.setattr(PartitionSelector, "_read_one", real_read_one)
+        again = await bounded(consumer.receive(5))
+        assert [(m.offset, m.delivery_count) for m in again] == [(n, 1) for n in range(5)]
+        await consumer.ack(again)
+        await consumer.close()

@@ -1,9 +1,12 @@
 """A consumer group: its delivery state per partition, rebuilt from its journal.
 
 Every change to the state is an event. A live change applies the event to the
-in-memory state and appends it to the journal with no await in between. So the
-journal order is the order in which changes happened, and replaying the
-journal after a crash rebuilds the same state.
+in-memory state at once and queues it; one writer at a time takes the whole
+queue and appends it to the journal. So the journal contains the events in the
+order they were applied, and replaying it after a crash rebuilds the same
+state. A write that fails (a full disk, say) leaves its events at the front
+of the queue, so the next write stores them before anything newer, and a
+call returns only once every event applied before it is in the journal.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from logq.consumers.config import CONFIG_FILE_NAME, GroupConfig
 from logq.consumers.journal import Event, GroupJournal
 from logq.consumers.state import DeliveryState, PartitionState, Pending
-from logq.errors import OffsetOutOfRangeError
+from logq.errors import LogqError, OffsetOutOfRangeError
 from logq.segments.files import write_file_atomically
 
 logger = logging.getLogger(__name__)
@@ -69,6 +72,11 @@ class Group:
         self.deliverable_changes = 0
         self._timer_when = 0.0  # the group-clock time `_timer` was armed for
         self.on_timer: Callable[[], None] | None = None
+        # Events applied to the state and not yet in the journal, oldest first.
+        self._unwritten: list[Event] = []
+        self._queued = 0  # events queued since the group opened
+        self._written = 0  # how many of those the journal stored
+        self._write_lock = asyncio.Lock()  # held by the one task that writes the queue
 
     # -- opening, replay and snapshots -------------------------------------------------
 
@@ -119,7 +127,11 @@ class Group:
             state.busy_keys[entry.key] = entry.offset
 
     def snapshot_state(self) -> Event:
-        """Return the whole state as the JSON-ready body of a snapshot."""
+        """Return the whole state as the JSON-ready body of a snapshot.
+
+        `unwritten_events` counts the queued events, which the state already
+        contains and the journal stores next; a reopen must not apply them again.
+        """
         partitions = []
         for (topic, number), state in sorted(self.states.items()):
             pending = [
@@ -133,7 +145,8 @@ class Group:
                 "dead_lettered": self.dead_lettered.get((topic, number), 0),
                 "dead_offsets": sorted(self.dead_offsets.get((topic, number), ())),
             })
-        return {"partitions": partitions, "redriven": sorted(self.redriven)}
+        return {"partitions": partitions, "redriven": sorted(self.redriven),
+                "unwritten_events": len(self._unwritten)}
 
     async def _fail_orphaned_leases(self) -> None:
         now = self.clock()
@@ -147,11 +160,25 @@ class Group:
             await self._commit(events)
 
     async def close(self) -> None:
-        """Snapshot the state, so the next open replays nothing, and close the journal."""
+        """Write the queued events, snapshot the state so the next open replays nothing, and close the journal.
+
+        When the queued events cannot be written, the snapshot still holds
+        them. Raises the snapshot's error (DiskFullError, StorageError) when
+        that fails too; the journal is closed either way.
+        """
         if self._timer is not None:
             self._timer.cancel()
-        await self.journal.snapshot(self.snapshot_state)
-        await self.journal.close()
+        try:
+            async with self._write_lock:
+                if self._unwritten:
+                    try:
+                        await self._write_queued(snapshot_when_due=False)
+                    except (LogqError, OSError) as exc:
+                        logger.warning("group %s: %d events could not be journaled at close (%s); "
+                                       "the snapshot keeps them", self.name, len(self._unwritten), exc)
+                await self.journal.snapshot(self.snapshot_state)
+        finally:
+            await self.journal.close()
 
     async def configure(self, **changes: Any) -> GroupConfig:
         """Change and store the group's settings; see GroupConfig. Returns the new settings."""
@@ -255,15 +282,62 @@ class Group:
         self.redriven = {item for item in self.redriven if item[0] != event["dlq_topic"]}
 
     async def _commit(self, events: list[Event]) -> None:
-        """Apply `events` and journal them, with no await in between."""
+        """Apply `events`, queue them and return once the journal holds them."""
         for event in events:
             self._apply(event)
-        await self._write(events)
-
-    async def _write(self, events: list[Event]) -> None:
-        if await self.journal.append(events):
-            await self.journal.snapshot(self.snapshot_state)
+        self._unwritten.extend(events)
+        self._queued += len(events)
         self._arm_timer()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Return once every event applied so far is in the journal.
+
+        Raises the journal's error (DiskFullError, StorageError) when a write
+        fails. The state keeps the events, which stay queued in order, so a
+        later call, `close` or a snapshot stores them; retrying the failed
+        call is safe.
+        """
+        target = self._queued
+        while self._written < target:
+            async with self._write_lock:
+                if self._written < target:
+                    await self._write_queued()
+
+    async def _write_queued(self, *, snapshot_when_due: bool = True) -> None:
+        """Append the whole queue to the journal as one batch. Call with the write lock held."""
+        batch, self._unwritten = self._unwritten, []
+        log = self.journal.log
+        end_before = log.log_end_offset
+        try:
+            snapshot_due = await self.journal.append(batch)
+        except BaseException as exc:
+            if log.log_end_offset > end_before:
+                # Stored before the error (a cancelled fsync wait, say): the events are in the journal.
+                self._written += len(batch)
+            else:
+                self._unwritten[:0] = batch
+                if not isinstance(exc, asyncio.CancelledError):
+                    logger.warning("group %s: journal write of %d events failed, kept for the next write: %s",
+                                   self.name, len(batch), exc)
+            raise
+        self._written += len(batch)
+        if snapshot_due and snapshot_when_due:
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        """Take a snapshot after `snapshot_every` events. Call with the write lock held.
+
+        A failed snapshot loses nothing, because the journal keeps every
+        event, so it is logged and tried again after another
+        `snapshot_every` events.
+        """
+        try:
+            await self.journal.snapshot(self.snapshot_state)
+        except (LogqError, OSError) as exc:
+            self.journal.events_since_snapshot = 0
+            logger.error("group %s: snapshot failed, the journal keeps every event; next attempt after %d "
+                         "more events: %s", self.name, self.journal.snapshot_every, exc)
 
     # -- live changes ------------------------------------------------------------------
 
@@ -290,7 +364,26 @@ class Group:
             event["runs"] = [[first, last + 1, priority]]
         else:
             event["messages"] = [[e.offset, e.priority, _key_text(e.key)] for e in entries]
-        await self._write([event])
+        self._unwritten.append(event)
+        self._queued += 1
+        self._arm_timer()
+        await self.flush()
+
+    def take_back(self, topic: str, partition: int, offsets: list[int]) -> None:
+        """Undo deliveries of `offsets` that never reached the application, as a failed receive needs.
+
+        The leases become ready with their delivery counts restored. The
+        release event is queued and reaches the journal with the next write.
+        """
+        state = self.states.get((topic, partition))
+        if state is None:
+            return
+        leased = [o for o in offsets if (e := state.pending.get(o)) is not None and e.state is DeliveryState.LEASED]
+        if leased:
+            event = {"event": "release", "topic": topic, "partition": partition, "offsets": leased, "undo": True}
+            self._apply(event)
+            self._unwritten.append(event)
+            self._queued += 1
 
     async def ack(self, topic: str, partition: int, offsets: Iterable[int], log_end_offset: int) -> int:
         """Mark `offsets` done; return how many were not done before.
@@ -309,6 +402,9 @@ class Group:
         fresh = state.not_done(offsets)
         if fresh:
             await self._commit([{"event": "ack", "topic": topic, "partition": partition, "ranges": _to_ranges(fresh)}])
+        else:
+            # Done already, maybe by an event whose write failed: store it before reporting success.
+            await self.flush()
         return len(fresh)
 
     def _fail_event(self, topic: str, partition: int, entry: Pending, now: float, *, delay: float | None,

@@ -64,7 +64,12 @@ class GroupJournal:
         journal = cls(directory, log, snapshot_every)
         try:
             snapshot = journal._load_snapshot()
-            start = log.log_start_offset if snapshot is None else max(int(snapshot["journal_offset"]), log.log_start_offset)
+            start = log.log_start_offset
+            if snapshot is not None:
+                covered = snapshot["journal_offset"] + snapshot.get("unwritten_events", 0)
+                start = max(covered, start)
+                if covered > log.log_end_offset:
+                    await journal._cover_lost_events(snapshot, covered)
             events = await journal._read_events(start)
         except BaseException:
             await log.close()
@@ -82,6 +87,9 @@ class GroupJournal:
             snapshot = orjson.loads(path.read_bytes())
             if not isinstance(snapshot, dict) or not isinstance(snapshot.get("journal_offset"), int):
                 raise TypeError("journal_offset is missing")
+            unwritten = snapshot.get("unwritten_events", 0)
+            if not isinstance(unwritten, int) or isinstance(unwritten, bool) or unwritten < 0:
+                raise TypeError(f"unwritten_events is {unwritten!r}, not a count")
             return snapshot
         except FileNotFoundError:
             return None
@@ -90,6 +98,22 @@ class GroupJournal:
                 f"{path}: not a valid group snapshot ({exc}); delete it to rebuild the state "
                 "from the journal, which still contains every event after the last snapshot"
             ) from exc
+
+    async def _cover_lost_events(self, snapshot: Event, covered: int) -> None:
+        """Rewrite a snapshot that contains events the journal lost, so that it starts at the journal end.
+
+        A snapshot counts the events that were queued when it was taken. When
+        the process stopped before they were written, the journal ends below
+        the offset the snapshot covers, and the next events would land in that
+        gap, where a later open would skip them.
+        """
+        end = self.log.log_end_offset
+        logger.warning(
+            "group snapshot %s contains %d events that were never written to the journal; it now starts at the "
+            "journal end offset %d", self.directory / SNAPSHOT_FILE_NAME, covered - end, end,
+        )
+        snapshot.update(journal_offset=end, unwritten_events=0)
+        await asyncio.to_thread(write_file_atomically, self.directory / SNAPSHOT_FILE_NAME, orjson.dumps(snapshot))
 
     async def _read_events(self, offset: int) -> list[Event]:
         events: list[Event] = []
@@ -124,12 +148,11 @@ class GroupJournal:
         Pass the state as a function that returns it, so it is taken after the
         flush, together with the journal end offset. A state taken earlier
         misses the events that other tasks journaled during the flush, and a
-        reopen would then skip them. Snapshots run one at a time, because they
-        share one temporary file.
-        NOTE: the state may also contain an event that still waits for the
-        journal's append lock, which a reopen then applies a second time. Each
-        event type checks the state it changes, so the repeat should change
-        nothing, but no test covers that case.
+        reopen would then skip them. The caller must keep other appends out
+        until this returns. Events the state holds that the journal stores
+        next are counted in its `unwritten_events`; a reopen skips that many
+        events after `journal_offset`. Snapshots run one at a time, because
+        they share one temporary file.
         """
         async with self._snapshot_lock:
             await self.log.flush()
@@ -138,7 +161,7 @@ class GroupJournal:
             body = state() if callable(state) else state
             data = orjson.dumps({"journal_offset": journal_offset, **body})
             await asyncio.to_thread(write_file_atomically, self.directory / SNAPSHOT_FILE_NAME, data)
-            self.events_since_snapshot = 0
+            self.events_since_snapshot = body.get("unwritten_events", 0)
             removed = await self.log.delete_segments_before(journal_offset)
         logger.info(
             "snapshot of group %s at journal offset %d; removed %d journal segments",

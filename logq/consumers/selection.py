@@ -84,44 +84,45 @@ class PartitionSelector:
         return self._apply_starvation_limit(config, best, candidates)
 
     async def lease_urgent_run(
-        self, config: GroupConfig, now: float, limit: int, owner: int, deadline: float
-    ) -> list[tuple[Record, Pending]]:
+        self, config: GroupConfig, now: float, limit: int, owner: int, deadline: float,
+        leased: list[tuple[Record, Pending]],
+    ) -> None:
         """Lease up to `limit` new messages above priority 0 to `owner`, in the order `choose` would return them.
 
         The bulk path of a receive for messages from the priority index: most
         urgent level first, offset order within a level. It applies when the
         group has no per-key ordering and no starvation limit, and stops
         before a level that a ready redelivery of equal or higher priority
-        competes with, so `choose` decides from there. Returns the records
-        with their new entries, possibly none.
+        competes with, so `choose` decides from there. Appends each record
+        with its new entry to `leased` as it is leased, so a caller whose
+        receive fails midway knows which leases to take back.
         """
         state = self.state
         if self.index is None or config.key_ordering or config.starvation_limit is not None:
-            return []
+            return
         state.promote_delayed(now)
         self.streak = 0
-        leased: list[tuple[Record, Pending]] = []
+        start_count = len(leased)
         end = self.log.high_watermark
         start = max(state.committed, self.log.log_start_offset)
         for level in self.index.levels():
             ready = state.peek_ready()
             if ready is not None and ready.priority >= level:
-                return leased
+                return
             offset = self.index.first_at_or_after(level, max(state.level_positions.get(level, start), start))
             while offset is not None and offset < end:
-                if len(leased) >= limit:
-                    return leased
+                if len(leased) - start_count >= limit:
+                    return
                 if not state.is_known(offset):
                     record = await self._read_one(offset)
                     if record is None:
                         # Retention deleted it meanwhile; the general path skips it.
-                        return leased
+                        return
                     entry = state.lease(offset, priority=record.priority, key=record.key, owner=owner,
                                         deadline=deadline, key_ordering=False)
                     leased.append((record, entry))
                 state.level_positions[level] = offset + 1
                 offset = self.index.first_at_or_after(level, offset + 1)
-        return leased
 
     async def take_fifo_run(self, config: GroupConfig, now: float, limit: int) -> tuple[list[Record], bool] | None:
         """Return up to `limit` new messages in log order when nothing else competes for them.

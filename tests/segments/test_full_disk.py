@@ -13,6 +13,7 @@ import errno
 import io
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 import logq
 from logq import topics
+from logq.consumers import Group
 from logq.consumers.journal import GroupJournal
 from logq.consumers.priority_index import PriorityIndex
 from logq.errors import DiskFullError
@@ -394,6 +396,101 @@ async def test_journal_snapshot_full(tmp_path: Path, fill_disk) -> None:
     await reopened.close()
     assert snapshot is None
     assert [event["event"] for event in replayed] == ["reset"]
+
+
+# -- a group whose journal is full -----------------------------------------------------------------------
+
+# The first segment of group g's journal; topic segments have the same name in another directory.
+JOURNAL_SEGMENT = "groups/g/journal/00000000000000000000.log"
+
+
+async def stored_group_state(data: Path, scratch: Path) -> dict[int, str]:
+    """Open a copy of group g's files, as a restart would, and return t/0's offsets 0-9 as done/leased/ready/new."""
+    copy = scratch / "group-copy"
+    shutil.copytree(data / "groups" / "g", copy)
+    group = await Group.open("g", copy)
+    try:
+        state = group.states[("t", 0)]
+        return {offset: "done" if state.is_done(offset) else
+                (state.pending[offset].state.value if offset in state.pending else "new")
+                for offset in range(10) if offset < 3}
+    finally:
+        await group.close()
+        shutil.rmtree(copy)
+
+
+async def test_ack_on_full_journal_is_stored_by_the_retry(tmp_path: Path, fill_disk,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    async with logq.open(data) as log:
+        await log.send_batch("t", [b"a", b"b", b"c"])
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        messages = await consumer.receive(3)
+        disk = fill_disk("pwrite", JOURNAL_SEGMENT)
+
+        with pytest.raises(DiskFullError, match="free disk space and retry"):
+            await consumer.ack(messages[0])
+        with pytest.raises(DiskFullError):
+            await consumer.ack(messages[1])
+
+        assert disk.failures == 2
+        assert "kept for the next write" in caplog.text
+        disk.full = False
+        # The state already counts the message as done, so the retry acks nothing new, but it must
+        # not return before the journal holds both acks that failed.
+        assert await consumer.ack(messages[0]) == 0
+        # A restart counts the lease of offset 2 as lost, so it is ready there.
+        assert await stored_group_state(data, tmp_path) == {0: "done", 1: "done", 2: "ready"}
+        await consumer.close()
+
+
+async def test_receive_on_full_journal_leases_nothing(tmp_path: Path, fill_disk) -> None:
+    data = tmp_path / "data"
+    async with logq.open(data) as log:
+        await log.send_batch("t", [b"a", b"b", b"c"])
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        [first] = await consumer.receive(1)
+        await consumer.ack(first)
+        disk = fill_disk("pwrite", JOURNAL_SEGMENT)
+
+        with pytest.raises(DiskFullError):
+            await consumer.receive(2)
+
+        disk.full = False
+        again = await consumer.receive(2)
+        assert [(m.offset, m.delivery_count) for m in again] == [(1, 1), (2, 1)]
+        await consumer.ack(again)
+        assert await stored_group_state(data, tmp_path) == {0: "done", 1: "done", 2: "done"}
+        await consumer.close()
+
+
+async def test_close_on_full_journal_keeps_queued_events_in_the_snapshot(tmp_path: Path, fill_disk,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    log = await logq.open(data)
+    await log.send_batch("t", [b"a", b"b", b"c"])
+    consumer = log.consumer("t", group="g", auto_ack=False)
+    messages = await consumer.receive(3)
+    disk = fill_disk("pwrite", JOURNAL_SEGMENT)
+    with pytest.raises(DiskFullError):
+        await consumer.ack(messages[1])
+    # The consumer's release cannot be journaled either, so close reports the error, but it still
+    # closes every part, and the snapshot (another file) holds the ack and the release.
+    with pytest.raises(DiskFullError):
+        await log.close()
+    assert log.closed
+    assert "could not be journaled at close" in caplog.text
+    disk.full = False
+
+    async with logq.open(data) as log:
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        redelivered = await consumer.receive(3)
+        assert "contains 2 events that were never written to the journal" in caplog.text
+        assert [(m.offset, m.delivery_count) for m in redelivered] == [(0, 2), (2, 2)]
+        await consumer.ack(redelivered[0])
+        await consumer.close()
+        # Without the snapshot moved to the journal end, a reopen would skip this ack.
+        assert await stored_group_state(data, tmp_path) == {0: "done", 1: "done", 2: "ready"}
 
 
 # -- the priority index ----------------------------------------------------------------------------------
