@@ -28,6 +28,7 @@ from logq import (
     Log,
     LogqError,
     NotFoundError,
+    OffsetOutOfRangeError,
     StorageError,
     TopicConfig,
     TopicExistsError,
@@ -63,7 +64,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.LOCKED
     if isinstance(error, (NotFoundError, FileNotFoundError)):
         return ExitCode.NOT_FOUND
-    if isinstance(error, InvalidArgumentError):
+    if isinstance(error, (InvalidArgumentError, OffsetOutOfRangeError)):
         return ExitCode.INVALID
     if isinstance(error, TopicExistsError):
         return ExitCode.EXISTS
@@ -397,6 +398,39 @@ def groups_reset(
 
     config, rows = run_with_log(ctx, work)
     typer.echo(to_json_line(group_to_json(group, config, rows)) if json_output else format_group(group, config, rows))
+
+
+@groups_app.command("skip")
+def groups_skip(
+    ctx: typer.Context,
+    group: GroupArgument,
+    topic: Annotated[str, typer.Option("--topic", "-t", help="Topic of the messages to skip.")],
+    partition: Annotated[int, typer.Option("--partition", "-p", help="Partition of the messages to skip.")],
+    start: Annotated[int, typer.Option("--from", help="First offset to skip.")],
+    end: Annotated[int, typer.Option("--to", help="Offset after the last one to skip (exclusive).")],
+    json_output: JsonOption = False,
+) -> None:
+    """Mark offsets FROM to TO - 1 of one partition done for a group without delivering them.
+
+    For a damaged batch that a consumer reports, or poison messages. Other
+    groups still read them.
+
+    \b
+    Example:
+        logq groups skip billing --topic orders --partition 0 --from 1291 --to 1300
+    """
+
+    async def work(log: Log) -> tuple[int, GroupConfig, list[logq.GroupPartitionInfo]]:
+        skipped = await log.skip_messages(group, topic, partition=partition, start=start, end=end)
+        rows = [row for row in await log.describe_group(group) if row.topic == topic]
+        return skipped, await log.group_config(group), rows
+
+    skipped, config, rows = run_with_log(ctx, work)
+    if json_output:
+        typer.echo(to_json_line({"skipped": skipped, **group_to_json(group, config, rows)}))
+    else:
+        typer.echo(f"skipped {counted(skipped, 'message')} of {topic}/{partition} in group {group}")
+        typer.echo(format_group(group, config, rows))
 
 
 if __name__ == "__main__":

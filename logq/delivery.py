@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from logq.consumers import Group, GroupConfig, PartitionSelector, Pending
 from logq.consumers.selection import Candidate
-from logq.errors import InvalidArgumentError
+from logq.errors import CorruptRecordError, InvalidArgumentError
 from logq.message import Message
 from logq.segments import Record, RecordInput
 from logq.topics import Topic
@@ -106,6 +106,8 @@ class GroupRuntime:
                     await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
             except BaseException as exc:
                 self._take_back(topic.name, picks, exc)
+                if isinstance(exc, CorruptRecordError):
+                    raise self._explain_damage(topic, exc) from exc
                 raise
             if len(picks) < limit and not dead:
                 self._exhausted[topic.name] = marker
@@ -115,6 +117,25 @@ class GroupRuntime:
                                   deadline, consumer)
                 for number, record, entry in picks
             ]
+
+    def _explain_damage(self, topic: Topic, error: CorruptRecordError) -> CorruptRecordError:
+        """Return `error` restated for this group, with the way past the damaged offsets."""
+        number = next((n for n, partition in enumerate(topic.partitions)
+                       if error.path is not None and error.path.parent == partition.directory), None)
+        where = f"{topic.name}/{number}" if number is not None else topic.name
+        command = (f"logq groups skip {self.group.name} --topic {topic.name} --partition "
+                   f"{'P' if number is None else number}")
+        if error.offsets is not None:
+            remedy = (f"skip them for this group with `{command} --from {error.offsets.start} --to "
+                      f"{error.offsets.stop}` (Log.skip_messages)")
+        else:
+            remedy = (f"run `logq check` to find the damaged offsets and where valid batches resume, then skip "
+                      f"them for this group with `{command} --from FIRST --to RESUME` (Log.skip_messages)")
+        logger.error("group %s cannot read past damage in %s: %s", self.group.name, where, error)
+        return CorruptRecordError(
+            f"group {self.group.name!r} cannot read on in {where}: {error}. Restore the segment from a copy, or {remedy}",
+            path=error.path, offsets=error.offsets,
+        )
 
     def _take_back(self, topic_name: str, picks: list[tuple[int, Record, Pending | None]], error: BaseException) -> None:
         """Make the leases of a receive that failed ready again, since the application never got them."""

@@ -29,6 +29,8 @@ subclasses `LookupError`, so callers that catch the built-in types keep working.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "ClosedError",
     "CorruptIndexError",
@@ -61,7 +63,16 @@ class StorageError(LogqError):
 
 
 class CorruptRecordError(StorageError):
-    """A record batch failed its CRC check or its bytes do not parse."""
+    """A record batch failed its CRC check or its bytes do not parse.
+
+    `path` is the damaged segment file and `offsets` the offsets that cannot
+    be read, when the reader knows them (None otherwise).
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, offsets: range | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offsets = offsets
 
 
 class CorruptIndexError(StorageError):

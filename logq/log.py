@@ -33,6 +33,7 @@ from logq.errors import (
     InvalidArgumentError,
     InvalidConfigError,
     MessageTooLargeError,
+    OffsetOutOfRangeError,
     TopicExistsError,
     UnknownGroupError,
     UnknownTopicError,
@@ -612,6 +613,51 @@ class Log:
             offset = await _reset_target(partition, to)
             await group.reset(topic, number, offset)
         return [row for row in await self.describe_group(name) if row.topic == topic]
+
+    async def skip_messages(self, group: str, topic: str, *, partition: int, start: int, end: int) -> int:
+        """Mark offsets `start` to `end` - 1 of one partition done for `group` without delivering them.
+
+        For messages a group must pass over: a damaged batch that a receive
+        reports with CorruptRecordError (its `offsets` give the range), or
+        poison messages an operator takes out of a work queue. They count as
+        acked in this group only; leases on them end, and other groups still
+        read them. Returns how many were not done before. Raises
+        UnknownGroupError, UnknownTopicError, InvalidArgumentError (no such
+        partition, an empty or negative range, or a partition the group has
+        not read) and OffsetOutOfRangeError (`end` above the log end offset).
+        """
+        target = self._topic(topic)
+        for name, value in (("partition", partition), ("start", start), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f"{name} must be an int >= 0, got {value!r}")
+        if partition >= len(target.partitions):
+            raise InvalidArgumentError(
+                f"topic {topic!r} has no partition {partition}; it has partitions 0 to {len(target.partitions) - 1}"
+            )
+        if start >= end:
+            raise InvalidArgumentError(
+                f"nothing to skip from offset {start} to {end}: end is exclusive, so it must be above start "
+                f"(to skip offset {start} alone, use end {start + 1})"
+            )
+        group_state = await self.group(group, create=False)
+        if (topic, partition) not in group_state.states:
+            raise InvalidArgumentError(
+                f"group {group!r} has not read {topic}/{partition} yet, so it has nothing to skip; "
+                "start a consumer of the group on the topic, or use `logq groups reset`"
+            )
+        log_end = target.partitions[partition].log_end_offset
+        if end > log_end:
+            raise OffsetOutOfRangeError(
+                f"cannot skip to offset {end} of {topic}/{partition}: it is above the log end offset "
+                f"{log_end}; use an end of at most {log_end}"
+            )
+        skipped = await group_state.ack(topic, partition, range(start, end), log_end)
+        logger.warning("group %s skipped offsets %d..%d of %s/%d without delivering them (%d were not done)",
+                       group, start, end - 1, topic, partition, skipped)
+        runtime = self._runtimes.get(group)
+        if runtime is not None:
+            runtime._wake_readers()
+        return skipped
 
     async def flush(self) -> None:
         """Fsync every partition of every topic, whatever its fsync mode."""

@@ -487,7 +487,8 @@ class PartitionLog:
                     raise CorruptRecordError(
                         f"{segment.path}: the batch at position {position + cursor} starts at offset "
                         f"{header.base_offset}, expected {expected}; a batch header there or before it "
-                        f"is damaged, so offset {offset} cannot be read"
+                        f"is damaged, so offset {offset} cannot be read",
+                        path=segment.path,
                     )
                 expected = header.next_offset
                 if header.next_offset <= offset:
@@ -508,7 +509,8 @@ class PartitionLog:
                         return records
                     raise CorruptRecordError(
                         f"{segment.path}: offsets {header.base_offset}..{header.last_offset} at file position "
-                        f"{position + cursor} cannot be read: {exc}"
+                        f"{position + cursor} cannot be read: {exc}",
+                        path=segment.path, offsets=range(header.base_offset, header.next_offset),
                     ) from exc
                 records.extend(r for r in decoded if offset <= r.offset < end)
                 cursor += header.size
@@ -520,7 +522,8 @@ class PartitionLog:
             # file was cut short or damaged where the batch should be.
             raise CorruptRecordError(
                 f"{segment.path}: offset {offset} is missing. No complete batch from position "
-                f"{position} to the end of the file ({segment.size} bytes) holds it"
+                f"{position} to the end of the file ({segment.size} bytes) holds it",
+                path=segment.path,
             )
         return records
 

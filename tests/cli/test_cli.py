@@ -926,7 +926,7 @@ def test_command_list_complete() -> None:
 
     assert names == [
         "check", "consume", "demo", "dlq list", "dlq purge", "dlq redrive", "dlq show", "groups configure",
-        "groups describe", "groups list", "groups reset", "ingest", "peek", "produce", "replay",
+        "groups describe", "groups list", "groups reset", "groups skip", "ingest", "peek", "produce", "replay",
         "topics create", "topics delete", "topics describe", "topics list",
     ]
 

@@ -518,3 +518,38 @@ def test_dlq_purge_prompt(data_dir: Path, answer: str, exit_code: int, remaining
     assert process.returncode == exit_code, stdout + stderr
     assert "Delete dead-letter topic 'jobs.g.dlq' and its 1 messages?" in stdout
     assert len(dlq_rows(data_dir)) == remaining
+
+
+# -- groups skip ----------------------------------------------------------------------------
+
+
+def test_groups_skip_passes_poison_messages_in_one_group(data_dir: Path) -> None:
+    invoke(data_dir, "produce", "jobs", "a", "poison-1", "poison-2", "d")
+    started = invoke(data_dir, "consume", "jobs", "--group", "g", "--no-ack", "--count", "1", "--timeout", "0")
+    assert started.exit_code == 0, started.output
+
+    skipped = invoke(data_dir, "groups", "skip", "g", "--topic", "jobs", "--partition", "0",
+                     "--from", "1", "--to", "3", "--json")
+    consumed = invoke(data_dir, "consume", "jobs", "--group", "g", "--json", "--timeout", "0")
+    other = invoke(data_dir, "consume", "jobs", "--group", "other", "--json", "--timeout", "0")
+
+    assert skipped.exit_code == 0, skipped.output
+    assert json.loads(skipped.stdout)["skipped"] == 2
+    assert [row["offset"] for row in json_lines(consumed.stdout)] == [0, 3]
+    assert [row["offset"] for row in json_lines(other.stdout)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--from", "2", "--to", "2"], ExitCode.INVALID, "use end 3"),
+    (["--from", "0", "--to", "9"], ExitCode.INVALID, "use an end of at most 2"),
+    (["--from", "-1", "--to", "1"], ExitCode.INVALID, "start must be an int >= 0, got -1"),
+])
+def test_groups_skip_rejects_bad_ranges(data_dir: Path, args: list[str], code: int, text: str) -> None:
+    invoke(data_dir, "produce", "jobs", "a", "b")
+    invoke(data_dir, "consume", "jobs", "--group", "g", "--timeout", "0", "--count", "1")
+
+    result = invoke(data_dir, "groups", "skip", "g", "--topic", "jobs", "--partition", "0", *args)
+
+    assert result.exit_code == code, result.output
+    assert text in result.stderr
+    assert "Traceback" not in result.output

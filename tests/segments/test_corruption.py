@@ -11,6 +11,7 @@ the public consumer API and the group journal.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import logq
 from logq.consumers.journal import JOURNAL_DIR_NAME, GroupJournal
 from logq.consumers.priority_index import PriorityIndex
-from logq.errors import CorruptRecordError
+from logq.errors import CorruptRecordError, InvalidArgumentError, OffsetOutOfRangeError, UnknownGroupError
 from logq.segments.batch import CODEC_NONE, CODEC_ZSTD, RecordInput, iter_batches
 from logq.segments.indexes import OFFSET_ENTRY, TIME_ENTRY
 from logq.segments.partition_log import LogConfig, PartitionLog
@@ -430,8 +431,12 @@ async def test_consumer_stops_at_corrupt_batch(tmp_path: Path) -> None:
         consumer = log.consumer("orders", group="billing")
         received = [message.offset for message in await consumer.receive(damaged, timeout=0)]
         for _ in range(3):
-            with pytest.raises(CorruptRecordError, match="failed its CRC"):
+            with pytest.raises(CorruptRecordError, match="failed its CRC") as raised:
                 await consumer.receive(10, timeout=0)
+            assert raised.value.offsets == range(damaged, damaged + 1)
+            assert (f"group 'billing' cannot read on in orders/0" in str(raised.value))
+            assert (f"logq groups skip billing --topic orders --partition 0 --from {damaged} --to {damaged + 1}"
+                    in str(raised.value))
         await consumer.close()
         [info] = await log.describe_group("billing")
 
@@ -454,6 +459,60 @@ async def test_consumer_continues_after_reset_past_damage(tmp_path: Path) -> Non
     # Skipping the damaged message takes an explicit reset past it.
     assert [message.offset for message in messages] == list(range(damaged + 1, 60))
     assert messages[0].value == value_for(damaged + 1) + b"." * 100
+
+
+async def test_consumer_continues_after_skipping_the_damage(tmp_path: Path) -> None:
+    _, damaged = await corrupt_topic(tmp_path)
+
+    async with logq.open(tmp_path) as log:
+        consumer = log.consumer("orders", group="billing", auto_ack=False)
+        other = log.consumer("orders", group="audit", auto_ack=False)
+        first = await consumer.receive(damaged, timeout=0)
+        await consumer.ack(first)
+        with pytest.raises(CorruptRecordError) as raised:
+            await consumer.receive(10, timeout=0)
+        error = raised.value
+        assert error.offsets is not None
+        assert await log.skip_messages("billing", "orders", partition=0, start=error.offsets.start,
+                                       end=error.offsets.stop) == 1
+        rest = await consumer.receive(100, timeout=0)
+        await consumer.ack(rest)
+        # Only the group that skipped passes the damage; another group still meets it.
+        assert [m.offset for m in await other.receive(damaged, timeout=0)] == list(range(damaged))
+        with pytest.raises(CorruptRecordError):
+            await other.receive(10, timeout=0)
+        await other.close()
+        await consumer.close()
+        [info] = await log.describe_group("billing")
+
+    # Unlike a reset, skipping keeps the acks before the damage and forgets no delivery.
+    assert [m.offset for m in rest] == list(range(damaged + 1, 60))
+    assert info.committed_offset == 60
+
+
+@pytest.mark.parametrize(("arguments", "error", "text"), [
+    (dict(partition=1, start=0, end=1), InvalidArgumentError, "has no partition 1"),
+    (dict(partition=0, start=3, end=3), InvalidArgumentError, "use end 4"),
+    (dict(partition=0, start=-1, end=3), InvalidArgumentError, "start must be an int >= 0, got -1"),
+    (dict(partition=0, start=0, end=True), InvalidArgumentError, "end must be an int >= 0, got True"),
+    (dict(partition=0, start=0, end=61), OffsetOutOfRangeError, "use an end of at most 60"),
+])
+async def test_skip_messages_rejects_bad_ranges(tmp_path: Path, arguments: dict[str, int], error: type,
+                                                text: str) -> None:
+    await corrupt_topic(tmp_path)
+    async with logq.open(tmp_path) as log:
+        consumer = log.consumer("orders", group="billing")
+        await consumer.receive(1, timeout=0)
+        with pytest.raises(error, match=re.escape(text)):
+            await log.skip_messages("billing", "orders", **arguments)
+        with pytest.raises(UnknownGroupError):
+            await log.skip_messages("nobody", "orders", partition=0, start=0, end=1)
+        with pytest.raises(InvalidArgumentError, match="has not read orders/0 yet"):
+            await log.configure_group("fresh", lease_timeout=5)
+            await log.skip_messages("fresh", "orders", partition=0, start=0, end=1)
+        [info] = await log.describe_group("billing")
+        assert info.committed_offset == 0
+        await consumer.close()
 
 
 # -- the group journal ---------------------------------------------------------------------------------------
