@@ -100,8 +100,9 @@ class Consumer:
         `timeout=0` returns at once, possibly with an empty list; `None` waits
         until a message arrives. An append or a lease expiry wakes a waiting
         receive at once. `lease` overrides the group's lease timeout, in
-        seconds. Messages leased by a receive that is cancelled midway become
-        ready again when this consumer closes or their lease expires.
+        seconds. A receive that is cancelled or fails midway makes the
+        messages it leased ready again at once, with their delivery counts
+        taken back.
         Raises InvalidArgumentError for a bad count, timeout or lease and
         ClosedError after `close`.
         """
@@ -274,10 +275,13 @@ class Consumer:
             self._buffer.clear()
             try:
                 if self._runtime is not None and not self._log.closed:
-                    async with self._runtime.lock:
-                        released = await self._runtime.group.release(self.id, unseen=unseen)
-                    if released:
+                    try:
+                        async with self._runtime.lock:
+                            released = await self._runtime.group.release(self.id, unseen=unseen)
+                    finally:
+                        # Also after a failed journal write: the leases are released in memory all the same.
                         self._runtime._wake_readers()
+                    if released:
                         logger.info("consumer %d of group %s closed; %d unacked messages are ready again",
                                     self.id, self._group_name, released)
             finally:

@@ -146,6 +146,7 @@ class GroupRuntime:
         log = logger.debug if isinstance(error, asyncio.CancelledError) else logger.warning
         log("group %s: a receive of %s failed after leasing %d messages (%r); they are ready again",
             self.group.name, topic_name, len(picks), error)
+        self._wake_readers()
 
     def _nothing_new(self, topic: Topic, marker: tuple[int, int]) -> bool:
         """Return True when a receive of `topic` would find nothing, judged without reading anything.
@@ -324,12 +325,15 @@ class GroupRuntime:
         """Record a failed delivery of `message` by consumer `owner` and schedule its redelivery."""
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0):
             raise InvalidArgumentError(f"delay must be a number of seconds >= 0 or None, got {delay!r}")
-        async with self.lock:
-            await self.handle_expired()
-            entry = await self.group.fail(message.topic, message.partition, message.offset, owner=owner,
-                                          delay=delay, reason="nacked")
-            await self._dead_letter_if_exhausted(message.topic, message.partition, entry)
-        self._wake_readers()
+        try:
+            async with self.lock:
+                await self.handle_expired()
+                entry = await self.group.fail(message.topic, message.partition, message.offset, owner=owner,
+                                              delay=delay, reason="nacked")
+                await self._dead_letter_if_exhausted(message.topic, message.partition, entry)
+        finally:
+            # Also after a failed journal write: the message is ready in memory all the same.
+            self._wake_readers()
 
     async def _dead_letter_if_exhausted(self, topic_name: str, number: int, entry: Pending) -> None:
         max_deliveries = self.group.config.max_deliveries

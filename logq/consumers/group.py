@@ -295,8 +295,9 @@ class Group:
 
         Raises the journal's error (DiskFullError, StorageError) when a write
         fails. The state keeps the events, which stay queued in order, so a
-        later call, `close` or a snapshot stores them; retrying the failed
-        call is safe.
+        later call, `close` or a snapshot stores them. The failed change took
+        effect in memory, so a retried ack finds nothing new and a retried
+        nack finds the lease ended.
         """
         target = self._queued
         while self._written < target:

@@ -493,6 +493,31 @@ async def test_close_on_full_journal_keeps_queued_events_in_the_snapshot(tmp_pat
         assert await stored_group_state(data, tmp_path) == {0: "done", 1: "done", 2: "ready"}
 
 
+async def test_nack_on_full_journal_still_wakes_waiting_consumers(tmp_path: Path, fill_disk) -> None:
+    async with logq.open(tmp_path / "data") as log:
+        await log.send("t", b"job")
+        first = log.consumer("t", group="g", auto_ack=False)
+        second = log.consumer("t", group="g", auto_ack=False)
+        [message] = await first.receive(1)
+        waiting = asyncio.create_task(second.receive(1, timeout=None))
+        await asyncio.sleep(0.05)
+        disk = fill_disk("pwrite", JOURNAL_SEGMENT)
+
+        with pytest.raises(DiskFullError):
+            await first.nack(message)
+
+        # The nack is applied in memory, so the waiting consumer gets the message at once.
+        disk.full = False
+        [again] = await asyncio.wait_for(waiting, timeout=5)
+        assert (again.offset, again.delivery_count) == (0, 2)
+        # A retried nack finds the lease already ended, which is what the failed call did.
+        with pytest.raises(logq.LeaseError):
+            await first.nack(message)
+        await second.ack(again)
+        await first.close()
+        await second.close()
+
+
 # -- the priority index ----------------------------------------------------------------------------------
 
 PRIORITY_FAILURES = [
