@@ -15,6 +15,7 @@ import itertools
 import logging
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logq.consumers import Group, GroupConfig, PartitionSelector, Pending
@@ -50,6 +51,10 @@ class GroupRuntime:
         self.topics: dict[str, Topic] = {}
         # Topic name -> (notify_count, deliverable_changes) when a receive last found nothing left.
         self._exhausted: dict[str, tuple[int, int]] = {}
+        # Whether the last `_pick` delivered what lay before damage and left the damage for the next receive.
+        self._stopped_at_damage = False
+        # (partition, file, first offset) of each damage already logged.
+        self._reported_damage: set[tuple[str, Path | None, int | None]] = set()
         group.on_timer = self._wake_readers
 
     def _wake_readers(self) -> None:
@@ -106,10 +111,10 @@ class GroupRuntime:
                     await self.dead_letter(topic.name, number, record, entry, reason=self._max_reason(entry))
             except BaseException as exc:
                 self._take_back(topic.name, picks, exc)
-                if isinstance(exc, CorruptRecordError):
-                    raise self._explain_damage(topic, exc) from exc
+                if isinstance(exc, CorruptRecordError) and not exc.explained:
+                    raise self._explain_damage(topic, None, exc) from exc
                 raise
-            if len(picks) < limit and not dead:
+            if len(picks) < limit and not dead and not self._stopped_at_damage:
                 self._exhausted[topic.name] = marker
             topic_name, group_name = topic.name, self.group.name
             return [
@@ -118,10 +123,14 @@ class GroupRuntime:
                 for number, record, entry in picks
             ]
 
-    def _explain_damage(self, topic: Topic, error: CorruptRecordError) -> CorruptRecordError:
-        """Return `error` restated for this group, with the way past the damaged offsets."""
-        number = next((n for n, partition in enumerate(topic.partitions)
-                       if error.path is not None and error.path.parent == partition.directory), None)
+    def _explain_damage(self, topic: Topic, number: int | None, error: CorruptRecordError) -> CorruptRecordError:
+        """Return `error` restated for this group, with the way past the damaged offsets.
+
+        `number` is the partition being read, or None to find it from the damaged file.
+        """
+        if number is None:
+            number = next((n for n, partition in enumerate(topic.partitions)
+                           if error.path is not None and error.path.parent == partition.directory), None)
         where = f"{topic.name}/{number}" if number is not None else topic.name
         command = (f"logq groups skip {self.group.name} --topic {topic.name} --partition "
                    f"{'P' if number is None else number}")
@@ -131,11 +140,17 @@ class GroupRuntime:
         else:
             remedy = (f"run `logq check` to find the damaged offsets and where valid batches resume, then skip "
                       f"them for this group with `{command} --from FIRST --to RESUME` (Log.skip_messages)")
-        logger.error("group %s cannot read past damage in %s: %s", self.group.name, where, error)
-        return CorruptRecordError(
+        report = (where, error.path, None if error.offsets is None else error.offsets.start)
+        if report not in self._reported_damage:
+            # Every receive meets the damage again until it is skipped, so it is logged once.
+            self._reported_damage.add(report)
+            logger.error("group %s cannot read past damage in %s: %s", self.group.name, where, error)
+        explained = CorruptRecordError(
             f"group {self.group.name!r} cannot read on in {where}: {error}. Restore the segment from a copy, or {remedy}",
             path=error.path, offsets=error.offsets,
         )
+        explained.explained = True
+        return explained
 
     def _take_back(self, topic_name: str, picks: list[tuple[int, Record, Pending | None]], error: BaseException) -> None:
         """Make the leases of a receive that failed ready again, since the application never got them."""
@@ -187,6 +202,7 @@ class GroupRuntime:
         """
         config = self.group.config
         selectors = {number: self.selector(topic.name, number) for number in order}
+        self._stopped_at_damage = False
         if owner is not None:
             if len(order) == 1:
                 await self._take_urgent_run(selectors[order[0]], order[0], limit, now, owner, deadline, picks)  # type: ignore[arg-type]
@@ -200,11 +216,17 @@ class GroupRuntime:
         heads: dict[int, tuple[Candidate, int]] = {}  # partition -> (next candidate, streak before choosing it)
         exhausted: set[int] = set()
         dead: list[tuple[int, Record, Pending]] = []
+        damaged: list[CorruptRecordError] = []
         while len(picks) < limit:
             for number in order:
                 if number not in heads and number not in exhausted:
-                    head = await self._next_candidate(selectors[number], config, now, excluded[number],
-                                                      peeked_keys[number], owner, dead, number)
+                    try:
+                        head = await self._next_candidate(selectors[number], config, now, excluded[number],
+                                                          peeked_keys[number], owner, dead, number)
+                    except CorruptRecordError as exc:
+                        # Other partitions, and the messages before the damage, are still delivered.
+                        damaged.append(self._explain_damage(topic, number, exc))
+                        head = None
                     if head is None:
                         exhausted.add(number)
                     else:
@@ -231,6 +253,9 @@ class GroupRuntime:
         if owner is None:
             for number, selector in selectors.items():
                 selector.streak = streaks[number]
+        if damaged and not picks and not dead:
+            raise damaged[0]
+        self._stopped_at_damage = bool(damaged)
         return dead
 
     async def _take_urgent_run(
@@ -247,6 +272,8 @@ class GroupRuntime:
         leased: list[tuple[Record, Pending]] = []
         try:
             await selector.lease_urgent_run(self.group.config, now, limit, owner, deadline, leased)
+        except CorruptRecordError:
+            pass  # the general path meets the same damage and reports it
         finally:
             picks.extend((number, record, entry) for record, entry in leased)
 
@@ -265,7 +292,10 @@ class GroupRuntime:
         """
         runs: list[tuple[int, list[Record]]] = []
         for number in order:
-            found = await selectors[number].take_fifo_run(self.group.config, now, limit)
+            try:
+                found = await selectors[number].take_fifo_run(self.group.config, now, limit)
+            except CorruptRecordError:
+                return []  # the general path delivers what lies before the damage and reports it
             if found is None:
                 return []
             run, complete = found

@@ -73,6 +73,7 @@ class CorruptRecordError(StorageError):
         super().__init__(message)
         self.path = path
         self.offsets = offsets
+        self.explained = False  # set when a consumer group restated it with the way past the damage
 
 
 class CorruptIndexError(StorageError):

@@ -651,10 +651,15 @@ class Log:
                 f"cannot skip to offset {end} of {topic}/{partition}: it is above the log end offset "
                 f"{log_end}; use an end of at most {log_end}"
             )
-        skipped = await group_state.ack(topic, partition, range(start, end), log_end)
+        runtime = self._runtimes.get(group)
+        if runtime is None:
+            skipped = await group_state.skip(topic, partition, start, end)
+        else:
+            # Under the runtime lock, so that no receive is choosing among these offsets meanwhile.
+            async with runtime.lock:
+                skipped = await group_state.skip(topic, partition, start, end)
         logger.warning("group %s skipped offsets %d..%d of %s/%d without delivering them (%d were not done)",
                        group, start, end - 1, topic, partition, skipped)
-        runtime = self._runtimes.get(group)
         if runtime is not None:
             runtime._wake_readers()
         return skipped

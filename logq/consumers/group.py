@@ -370,6 +370,23 @@ class Group:
         self._arm_timer()
         await self.flush()
 
+    async def skip(self, topic: str, partition: int, start: int, end: int) -> int:
+        """Mark offsets [start, end) done without delivering them; return how many were not done before.
+
+        The caller checked that the partition state exists and that `end` is
+        at most the log end offset. One ack event covers the whole range, so a
+        wide skip costs as much as a narrow one.
+        """
+        state = self.states[(topic, partition)]
+        fresh = (end - start) - state.done_count(start, end)
+        if fresh:
+            await self._commit([{"event": "ack", "topic": topic, "partition": partition, "ranges": [[start, end]]}])
+        else:
+            await self.flush()
+        # A skip can unblock a scan that stopped at unreadable offsets, so receives must look again.
+        self.deliverable_changes += 1
+        return fresh
+
     def take_back(self, topic: str, partition: int, offsets: list[int]) -> None:
         """Undo deliveries of `offsets` that never reached the application, as a failed receive needs.
 

@@ -57,6 +57,22 @@ class RangeSet:
             return None
         return max(self.starts[slot], value)
 
+    def end_of_range(self, value: int) -> int:
+        """Return the end of the range that contains `value`, or `value` itself when no range does."""
+        slot = bisect.bisect_right(self.starts, value) - 1
+        if slot >= 0 and value < self.ends[slot]:
+            return self.ends[slot]
+        return value
+
+    def count_between(self, start: int, end: int) -> int:
+        """Return how many integers of the set lie in [start, end)."""
+        total = 0
+        slot = max(bisect.bisect_right(self.ends, start), 0)
+        while slot < len(self.starts) and self.starts[slot] < end:
+            total += min(end, self.ends[slot]) - max(start, self.starts[slot])
+            slot += 1
+        return total
+
     def add(self, value: int) -> bool:
         """Add one integer; return False when it was already in the set."""
         if value in self:

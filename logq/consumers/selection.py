@@ -95,7 +95,7 @@ class PartitionSelector:
         before a level that a ready redelivery of equal or higher priority
         competes with, so `choose` decides from there. Appends each record
         with its new entry to `leased` as it is leased, so a caller whose
-        receive fails midway knows which leases to take back.
+        receive fails midway can take those leases back.
         """
         state = self.state
         if self.index is None or config.key_ordering or config.starvation_limit is not None:
@@ -169,6 +169,7 @@ class PartitionSelector:
         while len(run) < limit:
             if position >= len(read_ahead):
                 start = read_ahead[-1].offset + 1 if read_ahead else state.cursor
+                start, position = self._step_over_done(start, position, at_cursor=not run)
                 if start >= self.log.high_watermark:
                     return run, True
                 more = await self.log.read(max(start, self.log.log_start_offset), max_bytes=READ_BYTES)
@@ -254,6 +255,7 @@ class PartitionSelector:
         while scanned < MAX_SCAN:
             if position >= len(self.read_ahead):
                 start = self.read_ahead[-1].offset + 1 if self.read_ahead else state.cursor
+                start, position = self._step_over_done(start, position, at_cursor=start == state.cursor)
                 if start >= self.log.high_watermark:
                     return None
                 more = await self.log.read(max(start, self.log.log_start_offset), max_bytes=READ_BYTES)
@@ -274,6 +276,22 @@ class PartitionSelector:
                 continue
             return Candidate(record, None)
         return None
+
+    def _step_over_done(self, start: int, position: int, *, at_cursor: bool) -> tuple[int, int]:
+        """Return where a scan that ran out of read-ahead at `start` reads next, and its read-ahead position.
+
+        Done offsets need no read, and a skipped damaged batch cannot be read
+        at all, so a scan steps over a whole done range. The read-ahead must
+        stay consecutive, so it is emptied then; `at_cursor` moves the cursor
+        along when everything before `start` was passed over.
+        """
+        resume = self.state.first_not_done(start)
+        if resume == start:
+            return start, position
+        self.read_ahead.clear()
+        if at_cursor:
+            self.state.pass_over(resume - 1)
+        return resume, 0
 
     def _held(self, config: GroupConfig, record: Record, hold: bool, exclude: set[int]) -> bool:
         """Apply per-key ordering to a new message; return True when it must wait."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from logq.consumers.ranges import RangeSet
@@ -109,6 +109,17 @@ class PartitionState:
         if not self.done:
             return [offset for offset in offsets if offset in pending or offset >= committed]
         return [offset for offset in offsets if not self.is_done(offset)]
+
+    def done_count(self, start: int, end: int) -> int:
+        """Return how many offsets in [start, end) are done."""
+        below = max(0, min(end, self.committed) - start)
+        return below + self.done.count_between(max(start, self.committed), end)
+
+    def first_not_done(self, offset: int) -> int:
+        """Return the first offset at or after `offset` that is not done, stepping over whole done ranges."""
+        if offset < self.committed:
+            offset = self.committed
+        return self.done.end_of_range(offset)
 
     def is_known(self, offset: int) -> bool:
         """Return True when `offset` is done, pending or held, so no scan may deliver it as new."""
@@ -285,7 +296,12 @@ class PartitionState:
         The caller checked that the range was written.
         """
         pending, held = self.pending, self.held_offsets
-        for offset in range(start, end):
+        if end - start > len(pending) + len(held):
+            # A wide range, such as a skip: visit only the pending and held offsets in it.
+            offsets: Iterable[int] = sorted(o for o in (*pending, *held) if start <= o < end)
+        else:
+            offsets = range(start, end)
+        for offset in offsets:
             entry = pending.pop(offset, None)
             if entry is not None:
                 if entry.key is not None and self.busy_keys.get(entry.key) == offset:

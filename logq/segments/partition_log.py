@@ -510,7 +510,7 @@ class PartitionLog:
                     raise CorruptRecordError(
                         f"{segment.path}: offsets {header.base_offset}..{header.last_offset} at file position "
                         f"{position + cursor} cannot be read: {exc}",
-                        path=segment.path, offsets=range(header.base_offset, header.next_offset),
+                        path=segment.path, offsets=self._confirmed_offsets(segment, position + cursor, header),
                     ) from exc
                 records.extend(r for r in decoded if offset <= r.offset < end)
                 cursor += header.size
@@ -526,6 +526,24 @@ class PartitionLog:
                 path=segment.path,
             )
         return records
+
+    def _confirmed_offsets(self, segment: Segment, position: int, header: BatchHeader) -> range | None:
+        """Return the offsets of a batch that failed its CRC, or None when its header cannot be trusted.
+
+        The CRC covers the record count and the length, so either may be the
+        damaged field. The range counts only when the next batch, or the next
+        segment, starts where this header says the batch ends.
+        """
+        end = position + header.size
+        if end == segment.size:
+            following = next((s for s in self.segments if s.base_offset > segment.base_offset), None)
+            confirmed = following is not None and following.base_offset == header.next_offset
+        else:
+            try:
+                confirmed = parse_header(segment.read(end, HEADER_SIZE), 0).base_offset == header.next_offset
+            except (CorruptRecordError, OSError):
+                confirmed = False
+        return range(header.base_offset, header.next_offset) if confirmed else None
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int:
         """Return an offset at or before the first record whose timestamp is >= `timestamp_ms`.
@@ -617,7 +635,8 @@ def _parse_header_in(segment: Segment, chunk: bytes, cursor: int, file_position:
         return parse_header(chunk, cursor)
     except CorruptRecordError as exc:
         raise CorruptRecordError(
-            f"{segment.path}: the batch header at file position {file_position} is damaged: {exc}"
+            f"{segment.path}: the batch header at file position {file_position} is damaged: {exc}",
+            path=segment.path,
         ) from exc
 
 

@@ -763,3 +763,36 @@ async def test_replay_matches_live_state(tmp_path: Path, operations: list[tuple[
         reopened = await reopen(group, clock)
         assert comparable(reopened) == expected, group.directory.name
         await reopened.close()
+
+
+async def test_skip_counts_only_offsets_not_done(tmp_path: Path) -> None:
+    clock = FakeClock()
+    group = await open_group(tmp_path / "g", clock)
+    await group.join("t", 0, 0)
+    await deliver(group, 0, [0, 1, 5])
+    await group.ack("t", 0, [1, 7], LOG_END)
+
+    # 0 and 5 are leased, 1 and 7 done: of 0..9 the skip finds 8 not done.
+    assert await group.skip("t", 0, 0, 10) == 8
+    assert await group.skip("t", 0, 2, 6) == 0
+
+    state = group.states[("t", 0)]
+    assert state.committed == 10
+    assert state.pending == {}
+    reopened = await reopen(group, clock)
+    assert reopened.states[("t", 0)].committed == 10
+    await reopened.close()
+
+
+async def test_skip_of_wide_range_writes_one_event(tmp_path: Path) -> None:
+    clock = FakeClock()
+    group = await open_group(tmp_path / "g", clock)
+    await group.join("t", 0, 0)
+    await deliver(group, 0, [3, 4_000_000])
+    end_before = group.journal.log.log_end_offset
+
+    assert await group.skip("t", 0, 0, 10_000_000) == 10_000_000
+
+    assert group.journal.log.log_end_offset == end_before + 1
+    assert group.states[("t", 0)].pending == {}
+    await group.close()

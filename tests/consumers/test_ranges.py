@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -175,3 +175,24 @@ def test_pop_run_from(value: int, expected_end: int, expected: list[tuple[int, i
     ranges = RangeSet([(2, 4), (6, 9)])
     assert ranges.pop_run_from(value) == expected_end
     assert ranges.ranges() == expected
+
+
+@pytest.mark.parametrize(("ranges", "value", "end"), [
+    ([], 5, 5),
+    ([(2, 6)], 2, 6),
+    ([(2, 6)], 5, 6),
+    ([(2, 6)], 6, 6),
+    ([(2, 6), (8, 9)], 1, 1),
+    ([(2, 6), (8, 9)], 8, 9),
+])
+def test_end_of_range(ranges: list[tuple[int, int]], value: int, end: int) -> None:
+    assert RangeSet(ranges).end_of_range(value) == end
+
+
+@settings(max_examples=300)
+@given(pairs=st.lists(st.tuples(VALUES, st.integers(min_value=0, max_value=8)), max_size=8),
+       start=VALUES, length=st.integers(min_value=0, max_value=30))
+def test_count_between_matches_set(pairs: list[tuple[int, int]], start: int, length: int) -> None:
+    ranges = RangeSet((first, first + size) for first, size in pairs)
+    model = {value for first, size in pairs for value in range(first, first + size)}
+    assert ranges.count_between(start, start + length) == len(model & set(range(start, start + length)))

@@ -406,10 +406,12 @@ async def test_leftover_temp_file_removed(tmp_path: Path, caplog: pytest.LogCapt
 # -- the consumer API --------------------------------------------------------------------------------------
 
 
-async def corrupt_topic(data_dir: Path) -> tuple[Path, int]:
+async def corrupt_topic(data_dir: Path, byte_in_batch: int | None = None) -> tuple[Path, int]:
     """Write a topic of one-message batches over several segments and damage a batch in the first one.
 
-    Returns the damaged segment's path and the damaged offset.
+    The flipped bit is in the last record by default, or at `byte_in_batch`
+    from the start of the batch. Returns the damaged segment's path and the
+    damaged offset.
     """
     async with logq.open(data_dir) as log:
         await log.create_topic("orders", segment_bytes=4096)
@@ -418,7 +420,7 @@ async def corrupt_topic(data_dir: Path) -> tuple[Path, int]:
     segment = sorted((data_dir / "topics" / "orders" / "0").glob("*.log"))[0]
     position, size, base_offset = batch_spans(segment)[3]
     data = bytearray(segment.read_bytes())
-    data[position + size - 5] ^= 0x20
+    data[position + (size - 5 if byte_in_batch is None else byte_in_batch)] ^= 0x20
     segment.write_bytes(data)
     return segment, base_offset
 
@@ -488,6 +490,74 @@ async def test_consumer_continues_after_skipping_the_damage(tmp_path: Path) -> N
     # Unlike a reset, skipping keeps the acks before the damage and forgets no delivery.
     assert [m.offset for m in rest] == list(range(damaged + 1, 60))
     assert info.committed_offset == 60
+
+
+async def test_skip_with_unacked_messages_before_the_damage(tmp_path: Path) -> None:
+    _, damaged = await corrupt_topic(tmp_path)
+
+    async with logq.open(tmp_path) as log:
+        consumer = log.consumer("orders", group="billing", auto_ack=False)
+        # A receive asking for more than lies before the damage gets those messages, not an error.
+        before = await consumer.receive(100, timeout=0)
+        with pytest.raises(CorruptRecordError) as raised:
+            await consumer.receive(100, timeout=0)
+        # Skip while the messages before the damage are still leased, then a new consumer reads on.
+        await log.skip_messages("billing", "orders", partition=0, start=raised.value.offsets.start,
+                                end=raised.value.offsets.stop)
+        await consumer.close()
+        other = log.consumer("orders", group="billing", auto_ack=False)
+        again = await other.receive(100, timeout=0)
+        await other.ack(again)
+        await other.close()
+        [info] = await log.describe_group("billing")
+
+    assert [m.offset for m in before] == list(range(damaged))
+    assert [m.offset for m in again] == [*range(damaged), *range(damaged + 1, 60)]
+    assert info.committed_offset == 60
+
+
+async def test_damage_in_one_partition_leaves_the_others_readable(tmp_path: Path) -> None:
+    async with logq.open(tmp_path) as log:
+        await log.create_topic("orders", partitions=2, segment_bytes=4096)
+        for number in range(120):
+            await log.send("orders", value_for(number) + b"." * 100, partition=number % 2)
+    # The first segment of partition 1 is closed, so the damage is in the middle of the log.
+    segment = tmp_path / "topics" / "orders" / "1" / "00000000000000000000.log"
+    position, size, _ = batch_spans(segment)[3]
+    data = bytearray(segment.read_bytes())
+    data[position + size - 5] ^= 0x20
+    segment.write_bytes(data)
+
+    async with logq.open(tmp_path) as log:
+        consumer = log.consumer("orders", group="billing")
+        # The first receive delivers everything that can be read; the next one reports the damage.
+        received = [(m.partition, m.offset) for m in await consumer.receive(100, timeout=0)]
+        with pytest.raises(CorruptRecordError, match="cannot read on in orders/1") as raised:
+            await consumer.receive(100, timeout=0)
+        await consumer.close()
+
+    assert sorted(received) == sorted([(0, offset) for offset in range(60)] + [(1, offset) for offset in range(3)])
+    assert raised.value.offsets == range(3, 4)
+    assert "--partition 1 --from 3 --to 4" in str(raised.value)
+
+
+@pytest.mark.parametrize(("field", "where"), [(18, "record count"), (12, "magic")])
+async def test_damaged_header_names_no_offsets(tmp_path: Path, field: int, where: str) -> None:
+    """A damaged record count or magic byte leaves the batch's extent unknown, so no range is suggested."""
+    # The record count is a big-endian int, so its last byte changes it by 32.
+    segment, damaged = await corrupt_topic(tmp_path, byte_in_batch=field + 3 if field == 18 else field)
+
+    async with logq.open(tmp_path) as log:
+        consumer = log.consumer("orders", group="billing")
+        await consumer.receive(damaged, timeout=0)
+        with pytest.raises(CorruptRecordError) as raised:
+            await consumer.receive(10, timeout=0)
+        await consumer.close()
+
+    assert raised.value.offsets is None, where
+    assert raised.value.path == segment
+    assert "run `logq check` to find the damaged offsets" in str(raised.value)
+    assert "--partition 0 --from FIRST --to RESUME" in str(raised.value)
 
 
 @pytest.mark.parametrize(("arguments", "error", "text"), [
