@@ -316,6 +316,7 @@ class Group:
             if log.log_end_offset > end_before:
                 # Stored before the error (a cancelled fsync wait, say): the events are in the journal.
                 self._written += len(batch)
+                self.journal.events_since_snapshot += len(batch)
             else:
                 self._unwritten[:0] = batch
                 if not isinstance(exc, asyncio.CancelledError):

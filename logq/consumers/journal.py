@@ -160,7 +160,15 @@ class GroupJournal:
             journal_offset = self.log.log_end_offset
             body = state() if callable(state) else state
             data = orjson.dumps({"journal_offset": journal_offset, **body})
-            await asyncio.to_thread(write_file_atomically, self.directory / SNAPSHOT_FILE_NAME, data)
+            write = asyncio.ensure_future(
+                asyncio.to_thread(write_file_atomically, self.directory / SNAPSHOT_FILE_NAME, data)
+            )
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The thread goes on writing the shared temporary file, so the lock is held until it ends.
+                await asyncio.wait([write])
+                raise
             self.events_since_snapshot = body.get("unwritten_events", 0)
             removed = await self.log.delete_segments_before(journal_offset)
         logger.info(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import orjson
 import pytest
 
 from logq.consumers import DeliveryState, Group
+from logq.consumers import journal as journal_module
 from logq.consumers.journal import SNAPSHOT_FILE_NAME, GroupJournal
 from logq.errors import CorruptJournalError
 
@@ -162,3 +165,37 @@ async def test_bad_unwritten_count_is_a_corrupt_snapshot(tmp_path: Path, value: 
     (directory / SNAPSHOT_FILE_NAME).write_bytes(orjson.dumps({"journal_offset": 0, "unwritten_events": value}))
     with pytest.raises(CorruptJournalError, match="unwritten_events"):
         await GroupJournal.open(directory)
+
+
+async def test_cancelled_snapshot_finishes_its_write_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots share one temporary file, so a cancelled one must end its write before the next starts."""
+    real_write = journal_module.write_file_atomically
+    guard = threading.Lock()
+    writing = 0
+    peak = 0
+
+    def slow_write(path: Path, data: bytes) -> None:
+        nonlocal writing, peak
+        with guard:
+            writing += 1
+            peak = max(peak, writing)
+        time.sleep(0.05)
+        real_write(path, data)
+        with guard:
+            writing -= 1
+
+    monkeypatch.setattr(journal_module, "write_file_atomically", slow_write)
+    journal, _, _ = await GroupJournal.open(tmp_path / "g")
+    await journal.append([{"event": "reset", "topic": "t", "partition": 0, "offset": 0}])
+    first = asyncio.create_task(journal.snapshot({"partitions": [], "redriven": [], "unwritten_events": 0}))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    second = asyncio.create_task(journal.snapshot({"partitions": [], "redriven": [], "unwritten_events": 0}))
+
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    await journal.close()
+
+    assert peak == 1
+    assert orjson.loads((tmp_path / "g" / SNAPSHOT_FILE_NAME).read_bytes())["journal_offset"] == 1
