@@ -632,7 +632,7 @@ class Log:
                 raise InvalidArgumentError(f"{name} must be an int >= 0, got {value!r}")
         if partition >= len(target.partitions):
             raise InvalidArgumentError(
-                f"topic {topic!r} has no partition {partition}; it has partitions 0 to {len(target.partitions) - 1}"
+                f"topic {topic!r} has no partition {partition}; pick a partition from 0 to {len(target.partitions) - 1}"
             )
         if start >= end:
             raise InvalidArgumentError(

@@ -154,6 +154,14 @@ API_CASES = [
     _api("reset-time-naive", lambda log: log.reset_group("g", "t", to=datetime(2024, 1, 1)), Invalid, "2024-01-01"),
     _api("reset-group-slash", lambda log: log.reset_group("a/b", "t", to="earliest"), BadName, "'a/b'"),
     _api("reset-topic-missing", lambda log: log.reset_group("g", "nope", to="earliest"), logq.UnknownTopicError, "'nope'"),
+    _api("skip-partition", lambda log: log.skip_messages("g", "t", partition=3, start=0, end=1), Invalid, "partition 3"),
+    _api("skip-start-negative", lambda log: log.skip_messages("g", "t", partition=0, start=-1, end=1), Invalid, "-1"),
+    _api("skip-end-str", lambda log: log.skip_messages("g", "t", partition=0, start=0, end="2"), Invalid, "'2'"),  # type: ignore[arg-type]
+    _api("skip-empty-range", lambda log: log.skip_messages("g", "t", partition=0, start=2, end=2), Invalid, "use end 3"),
+    _api("skip-group-unread", lambda log: log.skip_messages("g", "t", partition=0, start=0, end=1), Invalid, "'g'"),
+    _api("skip-group-slash", lambda log: log.skip_messages("a/b", "t", partition=0, start=0, end=1), BadName, "'a/b'"),
+    _api("skip-topic-missing", lambda log: log.skip_messages("g", "nope", partition=0, start=0, end=1),
+         logq.UnknownTopicError, "'nope'"),
     # Group settings.
     _api("lease-timeout-zero", lambda log: log.configure_group("g", lease_timeout=0), BadConfig, "lease_timeout=0"),
     _api("lease-timeout-str", lambda log: log.configure_group("g", lease_timeout="1"), BadConfig, "'1'"),
