@@ -38,7 +38,7 @@ from logq.check_files import (
     time_index_problem,
 )
 from logq.check_repair import repair as repair_findings
-from logq.consumers.config import GroupConfig
+from logq.consumers.config import CONFIG_FILE_NAME, GroupConfig
 from logq.consumers.group import Group
 from logq.consumers.journal import JOURNAL_DIR_NAME, SNAPSHOT_FILE_NAME
 from logq.consumers.priority_index import PriorityIndex
@@ -299,7 +299,13 @@ class _Inspection:
         snapshot = self.load_snapshot(snapshot_path, journal)
         # Only _restore and _apply run on this group, and they change memory, not
         # files, so it needs no journal.
-        group = Group(group_dir.name, group_dir, None, GroupConfig.load(group_dir), time.time)  # type: ignore[arg-type]
+        try:
+            config = GroupConfig.load(group_dir)
+        except StorageError as exc:
+            # The snapshot and journal can still be checked; only key ordering changes how they replay.
+            self.add(group_dir / CONFIG_FILE_NAME, "group-config", str(exc), False)
+            config = GroupConfig()
+        group = Group(group_dir.name, group_dir, None, config, time.time)  # type: ignore[arg-type]
         if isinstance(snapshot, dict):
             try:
                 group._restore(snapshot)

@@ -429,3 +429,14 @@ def test_snapshot_bad_unwritten_count_reported(data: Path, value: object) -> Non
 
     assert kinds(report) == [(SNAPSHOT.as_posix(), "snapshot")]
     assert "unwritten_events" in report.findings[0].problem
+
+
+def test_invalid_group_config_reported(data: Path) -> None:
+    config = data / "groups" / "billing" / "group.json"
+    config.write_bytes(b'{"lease_timeout": -5}')
+
+    report = check_changes_nothing(data)
+
+    assert kinds(report) == [("groups/billing/group.json", "group-config")]
+    assert "lease_timeout=-5" in report.findings[0].problem
+    assert not report.findings[0].repairable
