@@ -317,10 +317,12 @@ class _Inspection:
             # The snapshot already contains the events that were queued when it was taken.
             start = snapshot["journal_offset"] + snapshot.get("unwritten_events", 0)
             if start > journal.log_end:
+                # Events below `start` are in the snapshot even when the journal lost them (never
+                # written, or cut off), so the snapshot must be kept and only moved.
                 self.add(snapshot_path, "snapshot-ahead",
-                         f"the snapshot contains {start - journal.log_end} events that were never written to the journal "
-                         f"(the process stopped first); opening the group moves it to the journal end "
-                         f"offset {journal.log_end}", True)
+                         f"the snapshot covers journal offsets up to {start}, past the journal end offset "
+                         f"{journal.log_end}: {start - journal.log_end} events are only in the snapshot; "
+                         f"opening the group moves it to the journal end", True)
         for offset, value in journal.values:
             if offset < start:
                 continue
@@ -338,7 +340,7 @@ class _Inspection:
         except orjson.JSONDecodeError as exc:
             snapshot, problem = None, f"not JSON: {exc}"
         else:
-            problem = snapshot_problem(snapshot, journal.log_end)
+            problem = snapshot_problem(snapshot)
         if problem is None:
             return snapshot  # type: ignore[no-any-return]
         complete = journal.log_start == 0 and journal.repairable

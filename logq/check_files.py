@@ -198,16 +198,19 @@ def _priority_entries_problem(scan: PartitionScan, prefix: bytes, covered: int) 
     return None, None
 
 
-def snapshot_problem(snapshot: object, journal_end: int) -> str | None:
+def snapshot_problem(snapshot: object) -> str | None:
+    """Return what makes a parsed snapshot unusable, or None.
+
+    A snapshot past the journal end is usable: it contains the state, and
+    opening the group moves it to the journal end (the snapshot-ahead finding).
+    """
     if not isinstance(snapshot, dict):
         return "not a JSON object"
     journal_offset = snapshot.get("journal_offset")
-    if not isinstance(journal_offset, int):
-        return "journal_offset is missing or not an integer"
+    if not isinstance(journal_offset, int) or isinstance(journal_offset, bool) or journal_offset < 0:
+        return "journal_offset is missing or not an integer >= 0"
     if not isinstance(snapshot.get("partitions", []), list):
         return "partitions is not a list"
-    if journal_offset > journal_end:
-        return f"journal_offset {journal_offset} is past the journal end offset {journal_end}"
     unwritten = snapshot.get("unwritten_events", 0)
     if not isinstance(unwritten, int) or isinstance(unwritten, bool) or unwritten < 0:
         return f"unwritten_events is {unwritten!r}, not a count"

@@ -405,7 +405,7 @@ def test_snapshot_ahead_of_journal_reported_and_moved(data: Path) -> None:
     report = check_changes_nothing(data)
 
     assert kinds(report) == [(SNAPSHOT.as_posix(), "snapshot-ahead")]
-    assert "contains 2 events that were never written to the journal" in report.findings[0].problem
+    assert "2 events are only in the snapshot" in report.findings[0].problem
     assert report.findings[0].repairable
 
     repaired = logq.check(data, repair=True)
@@ -440,3 +440,25 @@ def test_invalid_group_config_reported(data: Path) -> None:
     assert kinds(report) == [("groups/billing/group.json", "group-config")]
     assert "lease_timeout=-5" in report.findings[0].problem
     assert not report.findings[0].repairable
+
+
+@pytest.mark.parametrize("cut", ["journal cut short", "journal deleted"])
+def test_repair_keeps_snapshot_past_a_damaged_journal(data: Path, cut: str) -> None:
+    snapshot = data / SNAPSHOT
+    state = orjson.loads(snapshot.read_bytes())
+    journal_segment = segments(data / JOURNAL)[-1]
+    if cut == "journal deleted":
+        shutil.rmtree(data / JOURNAL)
+    else:
+        first = parse_header(journal_segment.read_bytes(), 0)
+        journal_segment.write_bytes(journal_segment.read_bytes()[:first.size])
+
+    report = check_changes_nothing(data)
+    repaired = logq.check(data, repair=True)
+
+    assert (SNAPSHOT.as_posix(), "snapshot-ahead") in kinds(report)
+    assert repaired.remaining == []
+    # The group keeps its position: rebuilding from the short journal would start it over.
+    moved = orjson.loads(snapshot.read_bytes())
+    assert moved["partitions"] == state["partitions"]
+    assert moved["partitions"][0]["done"], "the pristine group acked five messages"
