@@ -462,8 +462,20 @@ class Log:
                 if not create and not directory.exists():
                     raise UnknownGroupError(f"consumer group {name!r} does not exist; see `logq groups list`")
                 group = await Group.open(name, directory, fsync=self.group_fsync, clock=self.clock)
+                try:
+                    await self._forget_lost_tails(group)
+                except BaseException:
+                    await group.close()
+                    raise
                 self._groups[name] = group
         return group
+
+    async def _forget_lost_tails(self, group: Group) -> None:
+        """Make a group opened from disk forget offsets that logs opened in this process no longer hold."""
+        for topic_name, number in list(group.states):
+            topic = self._topics.get(topic_name)
+            if topic is not None and number < len(topic.partitions):
+                await group.forget_past_log_end(topic_name, number, topic.partitions[number].opened_end_offset)
 
     async def _runtime(self, name: str) -> GroupRuntime:
         """Return the delivery runtime of group `name`, shared by its consumers (internal)."""

@@ -45,7 +45,7 @@ def _key_bytes(text: str | None) -> bytes | None:
 # reopens a dead message, and forget drops a topic's state. Deliveries, acks
 # and dead-lettering only take messages away, except that under per-key
 # ordering an ack frees a key, which the receive path handles apart.
-DELIVERABLE_EVENTS = frozenset({"reset", "commit", "fail", "release", "redrive", "forget"})
+DELIVERABLE_EVENTS = frozenset({"reset", "commit", "fail", "release", "redrive", "forget", "truncate"})
 
 
 class Group:
@@ -221,6 +221,10 @@ class Group:
             self.states[(event["topic"], event["partition"])] = PartitionState(committed=event["offset"])
         else:
             state.skip_to(event["offset"])
+
+    def _apply_truncate(self, event: Event, state: PartitionState | None) -> None:
+        if state is not None:
+            state.forget_from(event["offset"])
 
     def _apply_deliver(self, event: Event, state: PartitionState | None) -> None:
         if state is None:
@@ -508,6 +512,24 @@ class Group:
         """Set a partition's committed offset to `offset` and forget every delivery."""
         await self._commit([{"event": "reset", "topic": topic, "partition": partition, "offset": offset}])
         logger.info("group %s reset %s/%d to offset %d", self.name, topic, partition, offset)
+
+    async def forget_past_log_end(self, topic: str, partition: int, log_end_offset: int) -> None:
+        """Forget offsets at or above the log end offset, which a log that lost its tail no longer contains.
+
+        Without this, messages written at those offsets again would count as
+        done or delivered and never reach the group.
+        """
+        state = self.states[(topic, partition)]
+        known_end = state.known_end()
+        if known_end > log_end_offset:
+            logger.warning(
+                "group %s: %s/%d ends at offset %d, but the group refers to offsets up to %d (the log lost its "
+                "tail, as a power failure or a truncated file leaves it); forgetting them, so messages written "
+                "from offset %d on are delivered", self.name, topic, partition, log_end_offset, known_end - 1,
+                log_end_offset,
+            )
+            await self._commit([{"event": "truncate", "topic": topic, "partition": partition,
+                                 "offset": log_end_offset}])
 
     async def skip_removed(self, topic: str, partition: int, log_start_offset: int) -> None:
         """Move a partition past offsets that retention deleted before the group finished them."""

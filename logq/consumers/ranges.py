@@ -100,6 +100,14 @@ class RangeSet:
         if self.starts and self.starts[0] < value:
             self.starts[0] = value
 
+    def discard_from(self, value: int) -> None:
+        """Remove every integer at or above `value`."""
+        slot = bisect.bisect_left(self.starts, value)
+        del self.starts[slot:]
+        del self.ends[slot:]
+        if self.ends and self.ends[-1] > value:
+            self.ends[-1] = value
+
     def pop_run_from(self, value: int) -> int:
         """Remove the range that starts at `value` and return its end, or return `value` if none starts there."""
         slot = bisect.bisect_left(self.starts, value)

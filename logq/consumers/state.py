@@ -385,6 +385,36 @@ class PartitionState:
         self.committed = offset
         self._advance_committed()
 
+    def known_end(self) -> int:
+        """Return one past the highest offset this state refers to: committed, cursor, done, pending or held."""
+        ends = [self.committed, self.cursor]
+        if self.done:
+            ends.append(self.done.ends[-1])
+        if self.pending:
+            ends.append(max(self.pending) + 1)
+        if self.held_offsets:
+            ends.append(max(self.held_offsets) + 1)
+        return max(ends)
+
+    def forget_from(self, end: int) -> None:
+        """Forget every offset at or above `end`, which the log no longer contains (a tail lost in a crash).
+
+        New messages will be written at those offsets, so they must count as new.
+        """
+        if self.committed > end:
+            self.reset(end)
+            return
+        for stale in [o for o in self.held_offsets if o >= end]:
+            self._drop_held(stale)
+        for stale in [o for o in self.pending if o >= end]:
+            entry = self.pending.pop(stale)
+            if entry.key is not None and self.busy_keys.get(entry.key) == stale:
+                self._release_key(entry.key)
+        self.done.discard_from(end)
+        self.cursor = min(self.cursor, end)
+        for level, position in self.level_positions.items():
+            self.level_positions[level] = min(position, end)
+
     # -- timers --------------------------------------------------------------------------
 
     def due_leases(self, now: float) -> list[Pending]:

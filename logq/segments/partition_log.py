@@ -128,6 +128,9 @@ class PartitionLog:
         self.segments = segments
         self._append_lock = asyncio.Lock()
         self._flushed_offset = self.log_end_offset
+        # The log end offset right after recovery. Offsets from here on were written by this
+        # process, so state that refers to them from an earlier run refers to a lost tail.
+        self.opened_end_offset = self.log_end_offset
         self._flush_task: asyncio.Task[None] | None = None
         self._interval_task: asyncio.Task[None] | None = None
         self._dirty = False

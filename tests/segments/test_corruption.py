@@ -625,3 +625,34 @@ async def test_flipped_bit_in_journal_record(tmp_path: Path, which: str) -> None
             assert [event["ranges"] for event in events] == [[[n, n + 1]] for n in range(base_offset)], label
             assert damaged_segment.stat().st_size == position, label
         shutil.rmtree(copy)
+
+
+@pytest.mark.parametrize("acked", ["all", "some"])
+async def test_group_forgets_offsets_a_lost_tail_held(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                      acked: str) -> None:
+    """A log that lost its tail gets new messages at the lost offsets, and the group must deliver them."""
+    async with logq.open(tmp_path) as log:
+        for number in range(20):
+            await log.send("orders", f"old-{number}")
+        consumer = log.consumer("orders", group="billing", auto_ack=False)
+        messages = await consumer.receive(20)
+        await consumer.ack(messages if acked == "all" else [messages[0], messages[18], messages[19]])
+        await consumer.close()
+    # Cut the last two batches, as a power failure under fsync="interval" can.
+    segment = tmp_path / "topics" / "orders" / "0" / "00000000000000000000.log"
+    position, _, base_offset = batch_spans(segment)[18]
+    assert base_offset == 18
+    segment.write_bytes(segment.read_bytes()[:position])
+
+    async with logq.open(tmp_path) as log:
+        assert [await log.send("orders", f"new-{number}") for number in range(3)] == [18, 19, 20]
+        consumer = log.consumer("orders", group="billing", auto_ack=False)
+        received = await consumer.receive(100, timeout=0)
+        await consumer.ack(received)
+        await consumer.close()
+
+    expected = [f"new-{number}" for number in range(3)]
+    if acked == "some":
+        expected = [f"old-{number}" for number in range(1, 18)] + expected
+    assert [message.value for message in received] == expected
+    assert "forgetting them, so messages written from offset 18 on are delivered" in caplog.text
