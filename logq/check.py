@@ -241,7 +241,8 @@ class _Inspection:
             self.relative(path), "corrupt-batch",
             f"damaged data at bytes {position}..{resume - 1} ({error}) with valid batches after it; "
             f"{lost}. The valid batches from offset {next_base} on stay on disk, but reads that scan "
-            "through the damage fail, so restore the segment from a copy or move the partition aside",
+            "through the damage fail, so restore the segment from a copy, or let each consumer group "
+            "pass the damage with `logq groups skip`",
             False, position=position, offset=scan.log_end,
         ))
         scan.log_end = next_base

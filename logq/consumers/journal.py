@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-from logq.errors import CorruptJournalError
+from logq.errors import CorruptJournalError, CorruptRecordError
 from logq.segments import FLAG_JSON, LogConfig, PartitionLog, RecordInput
 from logq.segments.files import write_file_atomically
 
@@ -118,7 +118,14 @@ class GroupJournal:
     async def _read_events(self, offset: int) -> list[Event]:
         events: list[Event] = []
         while offset < self.log.high_watermark:
-            records = await self.log.read(offset)
+            try:
+                records = await self.log.read(offset)
+            except CorruptRecordError as exc:
+                # Skipping events would rebuild a wrong state, so the group cannot open.
+                raise CorruptJournalError(
+                    f"group journal {self.log.directory}: the events from offset {offset} cannot be replayed "
+                    f"({exc}); restore the group directory from a copy, or delete it to start the group over"
+                ) from exc
             if not records:
                 break
             for record in records:

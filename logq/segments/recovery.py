@@ -9,10 +9,12 @@ The steps, in order:
 4. Scan the active (last) segment batch by batch, checking every CRC, and
    rebuild its indexes on the way. Only the active segment is scanned, so
    opening a large log reads one segment, not all of them.
-5. At the first batch that is cut short or fails its CRC, truncate the file
-   there when nothing valid follows it (a torn tail). When a valid batch
-   follows, the damage is not a torn tail: stop with CorruptRecordError rather
-   than drop data that passed its CRC.
+5. A batch that fails its CRC while an intact batch starts right where its
+   header says it ends, with the next offset, stays in place as unreadable,
+   and the scan goes on after it. At any other batch that is cut short or
+   fails its CRC, truncate the file there when nothing valid follows it (a
+   torn tail). When a valid batch follows, the damage is not a torn tail:
+   stop with CorruptRecordError rather than drop data that passed its CRC.
 
 Every truncation and rebuild is logged and returned in a `RecoveryReport`.
 """
@@ -85,7 +87,21 @@ def scan_segment(segment: Segment) -> tuple[int, CorruptRecordError | None]:
                         chunk = segment.read(position, header.size)
                         continue
                     break
-                verify_batch(chunk, cursor, header)
+                try:
+                    verify_batch(chunk, cursor, header)
+                except CorruptRecordError as damage:
+                    following = _intact_batch_after(segment, position + cursor, header, file_size)
+                    if following is None:
+                        raise
+                    # Its header's extent is confirmed, so the batches after it are kept and this one
+                    # stays in place as unreadable. Its own timestamps cannot be trusted.
+                    logger.warning(
+                        "%s: the batch at position %d (offsets %d..%d) is damaged but the batch after it is "
+                        "intact; keeping both, reads of those offsets raise CorruptRecordError: %s",
+                        segment.path, position + cursor, header.base_offset, header.last_offset, damage,
+                    )
+                    header = header._replace(first_timestamp_ms=following.first_timestamp_ms,
+                                             max_timestamp_ms=following.first_timestamp_ms)
                 _check_continuity(segment, header, position + cursor)
                 segment.track_batch(position + cursor, header)
                 cursor += header.size
@@ -98,6 +114,26 @@ def scan_segment(segment: Segment) -> tuple[int, CorruptRecordError | None]:
             )
         position += cursor
     return position, None
+
+
+def _intact_batch_after(segment: Segment, position: int, header: BatchHeader, file_size: int) -> BatchHeader | None:
+    """Return the header of the batch right after the damaged one at `position`, when it confirms its extent.
+
+    The damaged batch's CRC covers its record count, and its length says where
+    the next batch starts, so both count only when a batch that passes its CRC
+    starts there with the offset after the damaged batch's last one.
+    """
+    start = position + header.size
+    if start + HEADER_SIZE > file_size:
+        return None
+    try:
+        following = parse_header(segment.read(start, HEADER_SIZE), 0)
+        if following.base_offset != header.next_offset or start + following.size > file_size:
+            return None
+        verify_batch(segment.read(start, following.size), 0, following)
+    except CorruptRecordError:
+        return None
+    return following
 
 
 def _check_continuity(segment: Segment, header: BatchHeader, position: int) -> None:
@@ -166,8 +202,9 @@ def recover_active_segment(segment: Segment, report: RecoveryReport) -> None:
         if _valid_batch_follows(segment, valid_end):
             raise CorruptRecordError(
                 f"{segment.path}: the batch at position {valid_end} is damaged ({error}) "
-                "but valid batches follow it; logq will not truncate them. "
-                "Move the partition aside or restore it from a copy"
+                "but valid batches follow it, and the damage hides where it ends, so logq will neither "
+                "truncate nor open the partition. Restore the partition directory from a copy; "
+                "`logq check` shows where the valid batches resume"
             )
         dropped = segment.file_size() - valid_end
         segment.truncate(valid_end)

@@ -161,16 +161,28 @@ async def test_torn_large_batch_truncated(tmp_path: Path, keep: int) -> None:
     assert (tmp_path / FIRST_SEGMENT).stat().st_size == large_position
 
 
-async def test_corrupt_large_batch_raises(tmp_path: Path) -> None:
+async def test_corrupt_large_batch_kept_unreadable(tmp_path: Path) -> None:
     spans = await write_large_batch_between_small_ones(tmp_path)
     damaged = bytearray((tmp_path / FIRST_SEGMENT).read_bytes())
     damaged[spans[1][0] + 2 * 1024 * 1024] ^= 0x04
     (tmp_path / FIRST_SEGMENT).write_bytes(damaged)
 
-    with pytest.raises(CorruptRecordError, match="valid batches follow"):
-        await PartitionLog.open(tmp_path, LogConfig(fsync="never"))
+    log = await PartitionLog.open(tmp_path, LogConfig(fsync="never"))
+    try:
+        before = await log.read(0)
+        with pytest.raises(CorruptRecordError, match="offsets 1..2") as caught:
+            await log.read(1)
+        after = await log.read(3)
+        end_offset = log.log_end_offset
+    finally:
+        await log.close()
 
-    assert (tmp_path / FIRST_SEGMENT).stat().st_size == len(damaged)
+    # The batch after the damage confirms where it ends, so nothing is truncated and only its offsets fail.
+    assert (tmp_path / FIRST_SEGMENT).read_bytes() == damaged
+    assert [record.value for record in before] == [b"before"]
+    assert caught.value.offsets == range(1, 3)
+    assert [record.value for record in after] == [b"after"]
+    assert end_offset == 4
 
 
 async def test_torn_tail_after_several_scan_chunks(tmp_path: Path) -> None:
@@ -253,26 +265,52 @@ async def test_flipped_bit_in_last_batch_truncates_it(tmp_path: Path, codec: int
 
 
 @CODECS
-async def test_flipped_bit_in_middle_batch_raises(tmp_path: Path, codec: int) -> None:
+async def test_flipped_bit_in_middle_batch_truncates_nothing(tmp_path: Path, codec: int) -> None:
+    """A flipped bit in a middle batch of the active segment never truncates and never serves that batch.
+
+    Open keeps the batch as unreadable when the batch after it confirms where
+    it ends, and raises otherwise (damage in its length or offset fields).
+    """
     config = LogConfig(fsync="never", codec=codec)
     await write_batches(tmp_path, config)
-    position, size, _ = batch_spans(tmp_path / FIRST_SEGMENT)[2]
+    spans = batch_spans(tmp_path / FIRST_SEGMENT)
+    position, size, base_offset = spans[2]
     original = (tmp_path / FIRST_SEGMENT).read_bytes()
+    expected = [value_for(offset) for offset in range(BATCH_COUNT * RECORDS_PER_BATCH)]
 
     opened = []
     for flipped in range(position, position + size):
+        label = f"bit flipped at {flipped}"
         damaged = bytearray(original)
         damaged[flipped] ^= 1 << (flipped % 8)
         (tmp_path / FIRST_SEGMENT).write_bytes(damaged)
         try:
             log = await PartitionLog.open(tmp_path, config)
         except CorruptRecordError:
-            assert (tmp_path / FIRST_SEGMENT).read_bytes() == damaged, f"bit flipped at {flipped}"
+            assert (tmp_path / FIRST_SEGMENT).read_bytes() == damaged, label
             continue
+        try:
+            end_offset = log.log_end_offset
+            readable = {}
+            for offset in range(end_offset):
+                try:
+                    readable.update((r.offset, r.value) for r in await log.read(offset, max_bytes=1))
+                except CorruptRecordError:
+                    assert base_offset <= offset < base_offset + RECORDS_PER_BATCH, label
+        finally:
+            await log.close()
         opened.append(flipped)
-        await log.close()
+        assert (tmp_path / FIRST_SEGMENT).read_bytes() == damaged, label
+        assert end_offset == len(expected), label
+        damaged_offsets = set(range(base_offset, base_offset + RECORDS_PER_BATCH))
+        assert {offset: expected[offset] for offset in range(end_offset) if offset not in damaged_offsets} == {
+            offset: value for offset, value in readable.items() if offset not in damaged_offsets
+        }, label
+        assert not damaged_offsets & set(readable), label
 
-    assert opened == []
+    # Every flip in the timestamps and the records (past the record count, which ends at byte 22)
+    # leaves the extent confirmed.
+    assert set(range(position + 22, position + size)) <= set(opened)
 
 
 async def test_corrupt_batch_error_message(tmp_path: Path) -> None:
@@ -280,7 +318,8 @@ async def test_corrupt_batch_error_message(tmp_path: Path) -> None:
     await write_batches(tmp_path, config)
     position, size, _ = batch_spans(tmp_path / FIRST_SEGMENT)[1]
     damaged = bytearray((tmp_path / FIRST_SEGMENT).read_bytes())
-    damaged[position + size - 1] ^= 0x10
+    # The length field: the batch's end is unknown, so open cannot step over it.
+    damaged[position + 10] ^= 0x10
     (tmp_path / FIRST_SEGMENT).write_bytes(damaged)
 
     with pytest.raises(CorruptRecordError) as caught:
