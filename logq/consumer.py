@@ -42,7 +42,9 @@ class Consumer:
     dead-letter topic.
 
     With `auto_ack=True` the messages a consumer returned are acked when it is
-    asked for more and when it closes (Kafka's auto-commit rule). With
+    asked for more and when it closes (Kafka's auto-commit rule), except that
+    an `async with` block left by an exception does not ack what the last
+    receive or iteration step returned: that is delivered again. With
     `auto_ack=False` (the work-queue style), call `ack`, `nack` or `reject`.
 
     Use it as an async iterator (it waits for new messages forever) or call
@@ -62,6 +64,7 @@ class Consumer:
         self._closed = False
         self._next_partition = 0
         self._returned: list[Message] = []
+        self._last_returned_count = 0  # how many of `_returned` the latest receive or iteration step returned
         self._buffer: deque[Message] = deque()
 
     @property
@@ -77,7 +80,15 @@ class Consumer:
     async def __aenter__(self) -> Consumer:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None and self.auto_ack and self._returned:
+            # The error came while the application handled what the last call returned, so
+            # auto-ack must not mark that done; close releases it for redelivery instead.
+            unfinished = self._returned[-self._last_returned_count:]
+            self._returned = self._returned[:-self._last_returned_count]
+            logger.info("consumer %d of group %s exits with %s; the %d messages it returned last are not "
+                        "acked and will be delivered again", self.id, self._group_name, exc_type.__name__,
+                        len(unfinished))
         await self.close()
 
     def __aiter__(self) -> Consumer:
@@ -91,6 +102,7 @@ class Consumer:
         message = self._buffer.popleft()
         if self.auto_ack:
             self._returned.append(message)
+            self._last_returned_count = 1
         return message
 
     async def receive(self, max_messages: int = 100, *, timeout: float | None = 0.0,
@@ -116,6 +128,7 @@ class Consumer:
         if buffered:
             if self.auto_ack:
                 self._returned.extend(buffered)
+                self._last_returned_count = len(buffered)
             return buffered
         return await self._receive(max_messages, timeout, lease, count_as_returned=True)
 
@@ -133,6 +146,7 @@ class Consumer:
             if messages:
                 if self.auto_ack and count_as_returned:
                     self._returned.extend(messages)
+                    self._last_returned_count = len(messages)
                 return messages
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -430,3 +430,27 @@ async def test_interrupted_create_is_cleaned(data_dir: Path) -> None:
         assert not leftover.exists()
         await log.create_topic("t")
         assert log.list_topics() == ["t"]
+
+
+@pytest.mark.parametrize("style", ["iterate", "receive"])
+async def test_auto_ack_skips_what_failed_in_async_with(data_dir: Path, style: str) -> None:
+    async with logq.open(data_dir) as log:
+        await log.send_batch("jobs", [b"job-0", b"job-1", b"job-2", b"job-3"])
+        with pytest.raises(RuntimeError, match="job-2 failed"):
+            async with log.consumer("jobs", group="g") as consumer:
+                if style == "iterate":
+                    async for message in consumer:
+                        if message.raw_value == b"job-2":
+                            raise RuntimeError("job-2 failed")
+                else:
+                    await consumer.receive(2)
+                    await consumer.receive(2)
+                    raise RuntimeError("job-2 failed")
+        again = log.consumer("jobs", group="g", auto_ack=False)
+        redelivered = await again.receive(10, timeout=0)
+        await again.close()
+
+    # What was handled before the failing step is acked; the failing step's messages come back.
+    # When iterating, job-3 was prefetched but never returned, so its delivery is taken back.
+    counts = [2, 1] if style == "iterate" else [2, 2]
+    assert [(m.raw_value, m.delivery_count) for m in redelivered] == list(zip([b"job-2", b"job-3"], counts))
