@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from operator import itemgetter
+import math
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,12 +28,36 @@ def encode_value(value: Any) -> tuple[bytes, int]:
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value), 0
     try:
-        return orjson.dumps(value), FLAG_JSON
+        encoded = orjson.dumps(value)
     except TypeError as exc:
         raise InvalidArgumentError(
             f"cannot encode a value of type {type(value).__name__} as JSON ({exc}); "
             "pass bytes, or a str, number, bool, None, list or dict"
         ) from exc
+    # orjson writes NaN and infinity as null, which would change the value without a word.
+    # Only an encoding that contains null can hide one, so most values skip the walk.
+    if b"null" in encoded:
+        bad = _first_non_finite(value)
+        if bad is not None:
+            raise InvalidArgumentError(
+                f"cannot encode {bad!r} as JSON: JSON has no NaN or infinity, and storing it as null would "
+                "change the value; use None, a finite number or a string such as 'NaN'"
+            )
+    return encoded, FLAG_JSON
+
+
+def _first_non_finite(value: Any) -> float | None:
+    """Return the first NaN or infinite float inside `value` (lists, tuples and dict values), or None."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return item
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return None
 
 
 class Message(tuple):

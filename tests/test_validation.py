@@ -94,6 +94,9 @@ API_CASES = [
     _api("retention-ms-negative", lambda log: log.create_topic("n", retention_ms=-1), BadConfig, "-1"),
     _api("topic-setting-unknown", lambda log: log.create_topic("n", bogus=1), Invalid, "bogus"),
     # Send arguments.
+    _api("value-nan", lambda log: log.send("t", {"ratio": math.nan}), Invalid, "nan"),
+    _api("value-inf-nested", lambda log: log.send("t", [1, {"max": [math.inf]}]), Invalid, "inf"),
+    _api("batch-value-nan", lambda log: log.send_batch("t", [{"a": 1}, math.nan]), Invalid, "nan"),
     _api("priority-negative", lambda log: log.send("t", b"v", priority=-1), Invalid, "-1"),
     _api("priority-256", lambda log: log.send("t", b"v", priority=256), Invalid, "256"),
     _api("priority-str", lambda log: log.send("t", b"v", priority="1"), Invalid, "'1'"),  # type: ignore[arg-type]
