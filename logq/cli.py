@@ -47,7 +47,7 @@ from logq.cli_common import (
 from logq.cli_demo import demo
 from logq.cli_format import counted, format_group, format_table, format_topic, group_to_json, to_json_line, topic_to_json
 from logq.cli_ingest import ingest
-from logq.cli_input import parse_reset_target
+from logq.cli_input import check_minimum, parse_reset_target
 from logq.cli_messages import consume, produce, replay
 from logq.cli_queue import dlq_app, groups_configure, peek
 from logq.consumers import GroupConfig
@@ -138,7 +138,7 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True, rich_markup_mode=None)
 groups_app = typer.Typer(
-    help="List, describe, configure and reset consumer groups.", no_args_is_help=True, rich_markup_mode=None
+    help="List, describe, configure, reset and skip messages of consumer groups.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(topics_app, name="topics")
 app.add_typer(groups_app, name="groups")
@@ -419,6 +419,14 @@ def groups_skip(
     Example:
         logq groups skip billing --topic orders --partition 0 --from 1291 --to 1300
     """
+
+    check_minimum(start, 0, "--from")
+    check_minimum(end, 0, "--to")
+    if end <= start:
+        raise typer.BadParameter(
+            f"{end} is not above --from {start}; --to is exclusive, so pass --to {start + 1} to skip offset "
+            f"{start} alone", param_hint="'--to'",
+        )
 
     async def work(log: Log) -> tuple[int, GroupConfig, list[logq.GroupPartitionInfo]]:
         skipped = await log.skip_messages(group, topic, partition=partition, start=start, end=end)
