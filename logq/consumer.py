@@ -59,6 +59,8 @@ class Consumer:
         self._runtime: GroupRuntime | None = None
         self.auto_ack = auto_ack
         self.start = start
+        # "latest" means the log end when the consumer was made, not when it first receives.
+        self._latest = [partition.high_watermark for partition in topic.partitions] if start == "latest" else None
         self.prefetch = prefetch
         self.id = next(_consumer_ids)
         self._closed = False
@@ -172,7 +174,7 @@ class Consumer:
         self._check_open()
         if self._runtime is None:
             runtime = await self._log._runtime(self._group_name)
-            await runtime.join(self._topic, self.start)
+            await runtime.join(self._topic, self.start, latest=self._latest)
             self._runtime = runtime
         return self._runtime
 

@@ -61,11 +61,20 @@ class GroupRuntime:
         for topic in self.topics.values():
             topic.notify_readers()
 
-    async def join(self, topic: Topic, start: str) -> None:
-        """Start the group on every partition of `topic` it has not read yet."""
+    async def join(self, topic: Topic, start: str, *, latest: list[int] | None = None) -> None:
+        """Start the group on every partition of `topic` it has not read yet.
+
+        `start` "latest" starts at `latest` (one offset per partition), or at
+        the current high watermarks when it is None.
+        """
         self.topics[topic.name] = topic
         for number, partition in enumerate(topic.partitions):
-            initial = partition.log_start_offset if start == "earliest" else partition.high_watermark
+            if start == "earliest":
+                initial = partition.log_start_offset
+            elif latest is not None:
+                initial = min(latest[number], partition.high_watermark)
+            else:
+                initial = partition.high_watermark
             state = await self.group.join(topic.name, number, initial)
             if (topic.name, number) not in self.selectors:
                 self.selectors[(topic.name, number)] = PartitionSelector(

@@ -174,6 +174,16 @@ async def test_start_latest_skips_history(data_dir: Path) -> None:
             assert [m.value for m in await consumer.receive(10)] == [4]
 
 
+async def test_start_latest_counts_from_creation(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.send_batch("t", [1, 2])
+        consumer = log.consumer("t", group="g", start="latest")
+        # Sent after the consumer was made but before its first receive: "from now on" includes it.
+        await log.send("t", 3)
+        assert [m.value for m in await consumer.receive(10)] == [3]
+        await consumer.close()
+
+
 async def test_blocking_receive_wakes_on_send(data_dir: Path) -> None:
     async with logq.open(data_dir) as log:
         await log.create_topic("t")
