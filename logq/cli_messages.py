@@ -397,14 +397,17 @@ async def replay_and_print(
     batch: list[Message] = []
     printed = 0
     replayed = log.replay(topic, from_offset=from_offset, from_time=from_time, partition=partition)
-    async with contextlib.aclosing(replayed):  # type: ignore[type-var]
-        async for message in replayed:
-            batch.append(message)
-            printed += 1
-            if len(batch) >= PRINT_BATCH:
-                print_messages(batch, json_output=json_output)
-                batch = []
-            if count is not None and printed >= count:
-                break
-    if batch:
-        print_messages(batch, json_output=json_output)
+    try:
+        async with contextlib.aclosing(replayed):  # type: ignore[type-var]
+            async for message in replayed:
+                batch.append(message)
+                printed += 1
+                if len(batch) >= PRINT_BATCH:
+                    print_messages(batch, json_output=json_output)
+                    batch = []
+                if count is not None and printed >= count:
+                    break
+    finally:
+        # Also when a read fails (a damaged batch): the messages before it were read correctly.
+        if batch:
+            print_messages(batch, json_output=json_output)

@@ -6,7 +6,7 @@ import heapq
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from logq.errors import InvalidArgumentError
+from logq.errors import CorruptRecordError, InvalidArgumentError
 from logq.message import Message
 from logq.segments import PartitionLog, Record
 from logq.topics import Topic
@@ -46,7 +46,16 @@ async def first_offset_at(partition: PartitionLog, timestamp_ms: int) -> int:
 async def _partition_records(partition: PartitionLog, start: int, end: int) -> AsyncIterator[Record]:
     offset = start
     while offset < end:
-        records = await partition.read(offset, max_bytes=READ_BYTES)
+        try:
+            records = await partition.read(offset, max_bytes=READ_BYTES)
+        except CorruptRecordError as exc:
+            if exc.offsets is not None:
+                after = f"replay from offset {exc.offsets.stop} (--from-offset) to read past it"
+            else:
+                after = "`logq check` names the damaged offsets and where valid batches resume"
+            raise CorruptRecordError(f"{exc}; the messages before offset {offset} were replayed. "
+                                     f"Restore the segment from a copy, or {after}",
+                                     path=exc.path, offsets=exc.offsets) from exc
         if not records:
             return
         for record in records:

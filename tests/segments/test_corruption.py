@@ -10,9 +10,12 @@ the public consumer API and the group journal.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -664,3 +667,28 @@ async def test_group_forgets_offsets_a_lost_tail_held(tmp_path: Path, caplog: py
         expected = [f"old-{number}" for number in range(1, 18)] + expected
     assert [message.value for message in received] == expected
     assert "forgetting them, so messages written from offset 18 on are delivered" in caplog.text
+
+
+async def test_replay_yields_messages_before_damage(tmp_path: Path) -> None:
+    _, damaged = await corrupt_topic(tmp_path)
+
+    replayed = []
+    async with logq.open(tmp_path) as log:
+        with pytest.raises(CorruptRecordError, match=f"replay from offset {damaged + 1}") as raised:
+            async for message in log.replay("orders"):
+                replayed.append(message.offset)
+        after = [message.offset async for message in log.replay("orders", from_offset=damaged + 1)]
+
+    assert replayed == list(range(damaged))
+    assert raised.value.offsets == range(damaged, damaged + 1)
+    assert after == list(range(damaged + 1, 60))
+
+
+def test_cli_replay_prints_messages_before_damage(tmp_path: Path) -> None:
+    _, damaged = asyncio.run(corrupt_topic(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "logq", "--data", str(tmp_path), "replay", "orders"],
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 7, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == [f"0:{n}" for n in range(damaged)]
+    assert f"replay from offset {damaged + 1} (--from-offset)" in result.stderr
