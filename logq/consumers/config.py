@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -11,6 +12,8 @@ import orjson
 
 from logq.errors import InvalidConfigError, StorageError
 from logq.names import MAX_NAME_LENGTH, validate_name
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE_NAME: Final = "group.json"
 
@@ -62,10 +65,15 @@ class GroupConfig:
         """Return the dead-letter topic for messages of `topic` that `group` failed.
 
         The default is `<topic>.<group>.dlq`. When that passes the name limit,
-        the topic part is cut and a CRC-32 of both names keeps it unique.
+        the topic part is cut and a CRC-32 of both names keeps it unique. A
+        configured dead-letter topic that is `topic` itself would feed failed
+        messages back to the group, so the default is used then, with a warning.
         """
         if self.dead_letter_topic and self.dead_letter_topic != topic:
             return self.dead_letter_topic
+        if self.dead_letter_topic:
+            logger.warning("group %s: its dead-letter topic %r is the topic it reads, which would redeliver "
+                           "failed messages for ever; using %s.%s.dlq instead", group, topic, topic, group)
         name = f"{topic}.{group}.dlq"
         if len(name.encode("utf-8")) <= MAX_NAME_LENGTH:
             return name

@@ -796,3 +796,11 @@ async def test_skip_of_wide_range_writes_one_event(tmp_path: Path) -> None:
     assert group.journal.log.log_end_offset == end_before + 1
     assert group.states[("t", 0)].pending == {}
     await group.close()
+
+
+def test_dead_letter_topic_equal_to_source_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    config = GroupConfig(dead_letter_topic="orders")
+
+    assert config.dead_letter_topic_for("orders", "billing") == "orders.billing.dlq"
+    assert "would redeliver failed messages for ever" in caplog.text
+    assert config.dead_letter_topic_for("payments", "billing") == "orders"
