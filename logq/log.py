@@ -598,9 +598,11 @@ class Log:
                 GroupPartitionInfo(
                     topic=topic_name,
                     partition=number,
-                    committed_offset=state.committed,
+                    # A redrive makes done messages below the committed offset pending again,
+                    # and they count as not yet consumed.
+                    committed_offset=state.first_not_done_offset(),
                     high_watermark=high_watermark,
-                    lag=max(0, high_watermark - state.committed),
+                    lag=max(0, high_watermark - state.committed) + state.reopened_count(),
                     in_flight=state.in_flight(),
                     waiting=state.waiting(),
                     held=state.held_count(),

@@ -127,3 +127,20 @@ async def test_peek_unknown_group_raises(data_dir: Path) -> None:
         with pytest.raises(logq.UnknownGroupError):
             await log.peek("t", group="nobody")
         assert log.list_groups() == []
+
+
+async def test_lag_counts_redriven_messages(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.configure_group("g", max_deliveries=1)
+        await log.send_batch("t", [b"a", b"b", b"c"])
+        consumer = log.consumer("t", group="g", auto_ack=False)
+        for message in await consumer.receive(3):
+            await consumer.nack(message)
+        [before] = await log.describe_group("g")
+        await log.redrive("t", group="g")
+        [after] = await log.describe_group("g")
+        await consumer.close()
+
+    assert (before.committed_offset, before.lag) == (3, 0)
+    # The redriven messages are to be consumed again, so the group is behind by three.
+    assert (after.committed_offset, after.lag, after.waiting) == (0, 3, 3)

@@ -135,6 +135,15 @@ class PartitionState:
         """Number of messages waiting for redelivery (ready or delayed)."""
         return sum(1 for entry in self.pending.values() if entry.state is not DeliveryState.LEASED)
 
+    def first_not_done_offset(self) -> int:
+        """Return the lowest offset that is not done: the committed offset, or a redriven message below it."""
+        below = [offset for offset in self.pending if offset < self.committed]
+        return min(below) if below else self.committed
+
+    def reopened_count(self) -> int:
+        """Number of pending messages below the committed offset, which a redrive made ready again."""
+        return sum(1 for offset in self.pending if offset < self.committed)
+
     def held_count(self) -> int:
         """Number of messages held back by per-key ordering."""
         return sum(len(queue) for queue in self.held.values())
