@@ -216,9 +216,38 @@ class Ingester:
             while end < len(values) and end - start < self.batch_size and size + len(values[end]) <= MAX_BATCH_BYTES:
                 size += len(values[end])
                 end += 1
-            await self.log.send_batch(self.topic, values[start:end], key=source.key)
+            try:
+                await self.log.send_batch(self.topic, values[start:end], key=source.key)
+            except logq.MessageTooLargeError:
+                # send_batch checks every size before it appends, so nothing of this batch is stored yet.
+                await self._send_before_oversized(source, values[start:end])
+                raise
             source.lines += end - start
             start = end
+
+    async def _send_before_oversized(self, source: InputFile, values: list[bytes]) -> None:
+        """Send the lines of a rejected batch that come before its first line above the max message size.
+
+        Raises MessageTooLargeError naming the file, the line, its size and
+        the fix; returns without raising when no line is too large, so the
+        caller re-raises the original error.
+        """
+        limit = self.log.describe_topic(self.topic).config.max_message_bytes
+        key_bytes = len(source.key.encode())
+        index = next((i for i, value in enumerate(values) if len(value) + key_bytes > limit), None)
+        if index is None:
+            return
+        if index:
+            await self.log.send_batch(self.topic, values[:index], key=source.key)
+            source.lines += index
+        line = source.lines + 1
+        raise logq.MessageTooLargeError(
+            f"line {line} of {source.path} makes a message of {len(values[index]) + key_bytes} bytes with its "
+            f"key (the file name), above the max message size of topic {self.topic!r} ({limit} bytes); the "
+            f"lines before it were sent, it and the lines after it were not. Split or shorten the line, or "
+            f"ingest into a topic created with `logq topics create NAME --max-message-bytes "
+            f"{len(values[index]) + key_bytes}`"
+        )
 
     async def follow(self, sources: list[InputFile], stop: StopSignal, notify: Callable[[str], None]) -> None:
         """Send lines as they are appended to `sources` until a stop signal, then send what remains.

@@ -972,3 +972,17 @@ def test_produce_stdin_bad_line_keeps_earlier(data_dir: Path) -> None:
     assert result.exit_code == 5, result.output
     assert "line 3" in result.output
     assert replayed_values(data_dir, "j") == [1, "two"]
+
+
+def test_ingest_oversized_line_keeps_earlier_lines(data_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "app.log"
+    source.write_text("first\nsecond\n" + "y" * 80 + "\nafter\n")
+    created = invoke(data_dir, "topics", "create", "small", "--max-message-bytes", "50")
+
+    result = invoke(data_dir, "ingest", str(source), "--topic", "small")
+
+    assert created.exit_code == 0, created.output
+    assert result.exit_code == 5, result.output
+    assert f"line 3 of {source} makes a message of 87 bytes" in result.output
+    assert "--max-message-bytes 87" in result.output
+    assert replayed_values(data_dir, "small") == ["first", "second"]
