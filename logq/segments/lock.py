@@ -109,9 +109,15 @@ class DataDirLock:
             # a line in the file is stale then, left by a writer that was killed.
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
+            owner = self._owner_line(fd)
+            if owner.startswith(f"pid {os.getpid()} "):
+                return (
+                    f"data directory {self.path.parent} is already open in this process; one Log owns a data "
+                    "directory at a time, so use the open Log or close it first"
+                )
             return (
-                f"data directory {self.path.parent} is locked by {self._owner_line(fd)}; one process owns "
-                "a data directory at a time, so stop that process or share the data through a server"
+                f"data directory {self.path.parent} is locked by {owner}; one process owns a data "
+                "directory at a time, so stop that process, or give each process its own data directory"
             )
         fcntl.flock(fd, fcntl.LOCK_UN)
         return (
