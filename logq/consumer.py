@@ -10,6 +10,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
+from logq.consumers.config import MAX_SECONDS
 from logq.errors import ClosedError, InvalidArgumentError
 from logq.message import Message
 from logq.topics import Topic
@@ -124,8 +125,8 @@ class Consumer:
             raise InvalidArgumentError(f"max_messages must be an int >= 1, got {max_messages!r}")
         _check_seconds("timeout", timeout, allow_none=True)
         _check_seconds("lease", lease, allow_none=True)
-        if lease is not None and lease <= 0:
-            raise InvalidArgumentError(f"lease must be a number of seconds > 0, got {lease!r}")
+        if lease is not None and not 0 < lease <= MAX_SECONDS:
+            raise InvalidArgumentError(f"lease must be a number of seconds > 0 and at most {MAX_SECONDS}, got {lease!r}")
         buffered = [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
         if buffered:
             if self.auto_ack:
@@ -246,6 +247,8 @@ class Consumer:
         runtime = await self._join()
         self._check_mine(message)
         _check_seconds("seconds", seconds, allow_none=True)
+        if seconds is not None and seconds > MAX_SECONDS:
+            raise InvalidArgumentError(f"seconds must be at most {MAX_SECONDS} (366 days), got {seconds!r}")
         seconds = runtime.group.config.lease_timeout if seconds is None else seconds
         async with runtime.lock:
             await runtime.handle_expired()

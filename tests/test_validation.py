@@ -138,6 +138,8 @@ API_CASES = [
     _api("nack-delay-negative", lambda log: _on_leased(log, lambda c, m: c.nack(m, delay=-2)), Invalid, "-2"),
     _api("nack-delay-str", lambda log: _on_leased(log, lambda c, m: c.nack(m, delay="1")), Invalid, "'1'"),
     _api("extend-negative", lambda log: _on_leased(log, lambda c, m: c.extend(m, seconds=-3)), Invalid, "-3"),
+    _api("extend-huge", lambda log: _on_leased(log, lambda c, m: c.extend(m, seconds=1e12)), Invalid, "1000000000000"),
+    _api("receive-lease-huge", lambda log: _receive(log, lease=1e12), Invalid, "1000000000000"),
     _api("extend-nan", lambda log: _on_leased(log, lambda c, m: c.extend(m, seconds=math.nan)), Invalid, "nan"),
     _api("reject-reason-empty", lambda log: _on_leased(log, lambda c, m: c.reject(m, reason="")), Invalid, "''"),
     _api("ack-not-message", lambda log: _on_leased(log, lambda c, m: c.ack("x")), Invalid, "'x'"),

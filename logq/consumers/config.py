@@ -16,6 +16,8 @@ from logq.names import MAX_NAME_LENGTH, validate_name
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE_NAME: Final = "group.json"
+# The longest lease, delay or extension: 366 days, in seconds.
+MAX_SECONDS: Final = 366 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,5 +118,5 @@ class GroupConfig:
 
 
 def _check_seconds(name: str, value: object, *, low: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 366 * 86400:
-        raise InvalidConfigError(f"{name}={value!r} is invalid; use a number of seconds from {low} to 31622400")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= MAX_SECONDS:
+        raise InvalidConfigError(f"{name}={value!r} is invalid; use a number of seconds from {low} to {MAX_SECONDS}")
