@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import shutil
 import zlib
 from collections.abc import Sequence
@@ -135,7 +136,10 @@ class Topic:
         self.partitions = partitions
         self.priority_indexes = priority_indexes
         self._unflushed_priorities = [0] * len(partitions)
-        self._round_robin = itertools.cycle(range(config.partitions))
+        # Each open starts the cycle at a random partition, so that many short-lived processes that
+        # send a few keyless messages each (one `logq produce` per message, say) spread them too.
+        first = random.randrange(config.partitions)
+        self._round_robin = itertools.cycle([*range(first, config.partitions), *range(first)])
         # One future per task in `wait_for_append`, resolved directly by `notify_readers`:
         # an asyncio.Event under asyncio.wait_for took three loop iterations to wake a reader.
         self._waiters: list[asyncio.Future[bool]] = []

@@ -464,3 +464,17 @@ async def test_auto_ack_skips_what_failed_in_async_with(data_dir: Path, style: s
     # When iterating, job-3 was prefetched but never returned, so its delivery is taken back.
     counts = [2, 1] if style == "iterate" else [2, 2]
     assert [(m.raw_value, m.delivery_count) for m in redelivered] == list(zip([b"job-2", b"job-3"], counts))
+
+
+async def test_keyless_sends_of_short_sessions_spread(data_dir: Path) -> None:
+    async with logq.open(data_dir) as log:
+        await log.create_topic("t", partitions=3)
+    for _ in range(12):
+        async with logq.open(data_dir) as log:
+            await log.send("t", b"one per open")
+    async with logq.open(data_dir) as log:
+        sizes = [p.high_watermark - p.log_start_offset for p in log.describe_topic("t").partitions]
+
+    # Each open starts the round-robin at a random partition; all 12 in one has probability 3 ** -11.
+    assert sum(sizes) == 12
+    assert max(sizes) < 12
