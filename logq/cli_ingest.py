@@ -229,8 +229,8 @@ class Ingester:
         """Send the lines of a rejected batch that come before its first line above the max message size.
 
         Raises MessageTooLargeError naming the file, the line, its size and
-        the fix; returns without raising when no line is too large, so the
-        caller re-raises the original error.
+        the fix. Returns without raising when no line is too large, and the
+        caller then re-raises the original error.
         """
         limit = self.log.describe_topic(self.topic).config.max_message_bytes
         key_bytes = len(source.key.encode())

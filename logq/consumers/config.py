@@ -16,7 +16,7 @@ from logq.names import MAX_NAME_LENGTH, validate_name
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE_NAME: Final = "group.json"
-# The longest lease, delay or extension: 366 days, in seconds.
+# The maximum lease, delay or extension: 366 days, in seconds.
 MAX_SECONDS: Final = 366 * 86400
 
 

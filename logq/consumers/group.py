@@ -162,7 +162,7 @@ class Group:
     async def close(self) -> None:
         """Write the queued events, snapshot the state so the next open replays nothing, and close the journal.
 
-        When the queued events cannot be written, the snapshot still holds
+        When the queued events cannot be written, the snapshot still contains
         them. Raises the snapshot's error (DiskFullError, StorageError) when
         that fails too; the journal is closed either way.
         """
@@ -286,7 +286,7 @@ class Group:
         self.redriven = {item for item in self.redriven if item[0] != event["dlq_topic"]}
 
     async def _commit(self, events: list[Event]) -> None:
-        """Apply `events`, queue them and return once the journal holds them."""
+        """Apply `events`, queue them and return once the journal contains them."""
         for event in events:
             self._apply(event)
         self._unwritten.extend(events)

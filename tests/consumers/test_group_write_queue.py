@@ -123,7 +123,7 @@ async def test_snapshot_skips_the_events_it_already_holds(tmp_path: Path) -> Non
               {"event": "ack", "topic": "t", "partition": 0, "ranges": [[0, 1]]},
               {"event": "ack", "topic": "t", "partition": 0, "ranges": [[1, 2]]}]
     await journal.append(events[:1])
-    # A snapshot that already holds the next event, which the journal stores after it.
+    # A snapshot that already contains the next event, which the journal stores after it.
     await journal.snapshot({"partitions": [], "redriven": [], "unwritten_events": 1})
     await journal.append(events[1:])
     await journal.close()
@@ -138,7 +138,7 @@ async def test_snapshot_past_the_journal_end_moves_to_it(tmp_path: Path, caplog:
     directory = tmp_path / "g"
     journal, _, _ = await GroupJournal.open(directory)
     await journal.append([{"event": "reset", "topic": "t", "partition": 0, "offset": 0}])
-    # The process stopped before the three events the snapshot holds reached the journal.
+    # The process stopped before the three events the snapshot contains reached the journal.
     await journal.snapshot({"partitions": [], "redriven": [], "unwritten_events": 3})
     await journal.close()
 

@@ -437,7 +437,7 @@ async def test_ack_on_full_journal_is_stored_by_the_retry(tmp_path: Path, fill_d
         assert "kept for the next write" in caplog.text
         disk.full = False
         # The state already counts the message as done, so the retry acks nothing new, but it must
-        # not return before the journal holds both acks that failed.
+        # not return before the journal contains both acks that failed.
         assert await consumer.ack(messages[0]) == 0
         # A restart counts the lease of offset 2 as lost, so it is ready there.
         assert await stored_group_state(data, tmp_path) == {0: "done", 1: "done", 2: "ready"}
