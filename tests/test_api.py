@@ -251,7 +251,7 @@ async def test_replay_merges_partitions_by_time(data_dir: Path) -> None:
     async with logq.open(data_dir) as log:
         await log.create_topic("t", partitions=3)
         for i in range(12):
-            await log.send("t", i)
+            await log.send("t", i, partition=i % 3)
         replayed = [m async for m in log.replay("t")]
         timestamps = [m.timestamp_ms for m in replayed]
         assert timestamps == sorted(timestamps)
