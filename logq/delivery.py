@@ -51,8 +51,6 @@ class GroupRuntime:
         self.topics: dict[str, Topic] = {}
         # Topic name -> (notify_count, deliverable_changes) when a receive last found nothing left.
         self._exhausted: dict[str, tuple[int, int]] = {}
-        # Whether the last `_pick` delivered what lay before damage and left the damage for the next receive.
-        self._stopped_at_damage = False
         # (partition, file, first offset) of each damage already logged.
         self._reported_damage: set[tuple[str, Path | None, int | None]] = set()
         group.on_timer = self._wake_readers
@@ -112,7 +110,8 @@ class GroupRuntime:
                 for number in order:
                     partition = topic.partitions[number]
                     await self.group.skip_removed(topic.name, number, partition.log_start_offset)
-                dead = await self._pick(topic, order, limit, now, owner=consumer.id, deadline=deadline, picks=picks)
+                dead, stopped_at_damage = await self._pick(topic, order, limit, now, owner=consumer.id,
+                                                           deadline=deadline, picks=picks)
                 for number in order:
                     entries = [entry for picked, _, entry in picks if picked == number]
                     await self.group.record_deliveries(topic.name, number, entries, deadline)  # type: ignore[arg-type]
@@ -123,7 +122,7 @@ class GroupRuntime:
                 if isinstance(exc, CorruptRecordError) and not exc.explained:
                     raise self._explain_damage(topic, None, exc) from exc
                 raise
-            if len(picks) < limit and not dead and not self._stopped_at_damage:
+            if len(picks) < limit and not dead and not stopped_at_damage:
                 self._exhausted[topic.name] = marker
             topic_name, group_name = topic.name, self.group.name
             return [
@@ -200,25 +199,26 @@ class GroupRuntime:
     async def _pick(
         self, topic: Topic, order: list[int], limit: int, now: float, *, owner: int | None, deadline: float | None,
         picks: list[tuple[int, Record, Pending | None]],
-    ) -> list[tuple[int, Record, Pending]]:
+    ) -> tuple[list[tuple[int, Record, Pending]], bool]:
         """Choose up to `limit` messages into `picks`, merging the partitions' next candidates by priority.
 
         With `owner` set, leases each pick to that consumer as it is appended,
         so `picks` names every lease even when this raises, and returns the
         entries that reached max deliveries for dead-lettering. With `owner`
         None (a peek) nothing is leased or held, and the selectors' starvation
-        counts are restored afterwards.
+        counts are restored afterwards. The flag returned is True when a
+        damaged batch stopped a partition after other messages were chosen;
+        the damage is raised when nothing else is left.
         """
         config = self.group.config
         selectors = {number: self.selector(topic.name, number) for number in order}
-        self._stopped_at_damage = False
         if owner is not None:
             if len(order) == 1:
                 await self._take_urgent_run(selectors[order[0]], order[0], limit, now, owner, deadline, picks)  # type: ignore[arg-type]
             if len(picks) < limit:
                 picks += await self._take_fifo_runs(selectors, order, limit - len(picks), now, owner, deadline)  # type: ignore[arg-type]
             if len(picks) == limit:
-                return []
+                return [], False
         streaks = {number: selector.streak for number, selector in selectors.items()}
         excluded: dict[int, set[int]] = {number: set() for number in order}
         peeked_keys: dict[int, set[bytes]] = {number: set() for number in order}
@@ -264,8 +264,7 @@ class GroupRuntime:
                 selector.streak = streaks[number]
         if damaged and not picks and not dead:
             raise damaged[0]
-        self._stopped_at_damage = bool(damaged)
-        return dead
+        return dead, bool(damaged)
 
     async def _take_urgent_run(
         self, selector: PartitionSelector, number: int, limit: int, now: float, owner: int, deadline: float,

@@ -398,7 +398,7 @@ def test_reopened_compressed_topic_clean(tmp_path: Path) -> None:
 def test_snapshot_ahead_of_journal_reported_and_moved(data: Path) -> None:
     snapshot = data / SNAPSHOT
     state = orjson.loads(snapshot.read_bytes())
-    # As a stop leaves it when two events the snapshot holds were still queued for the journal.
+    # As a stop leaves it when two events the snapshot contains were still queued for the journal.
     state["unwritten_events"] = 2
     snapshot.write_bytes(orjson.dumps(state))
 

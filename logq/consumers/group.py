@@ -289,10 +289,14 @@ class Group:
         """Apply `events`, queue them and return once the journal contains them."""
         for event in events:
             self._apply(event)
-        self._unwritten.extend(events)
-        self._queued += len(events)
+        self._queue(events)
         self._arm_timer()
         await self.flush()
+
+    def _queue(self, events: list[Event]) -> None:
+        """Queue events that the state already contains, for the next journal write."""
+        self._unwritten.extend(events)
+        self._queued += len(events)
 
     async def flush(self) -> None:
         """Return once every event applied so far is in the journal.
@@ -370,8 +374,7 @@ class Group:
             event["runs"] = [[first, last + 1, priority]]
         else:
             event["messages"] = [[e.offset, e.priority, _key_text(e.key)] for e in entries]
-        self._unwritten.append(event)
-        self._queued += 1
+        self._queue([event])
         self._arm_timer()
         await self.flush()
 
@@ -405,8 +408,7 @@ class Group:
         if leased:
             event = {"event": "release", "topic": topic, "partition": partition, "offsets": leased, "undo": True}
             self._apply(event)
-            self._unwritten.append(event)
-            self._queued += 1
+            self._queue([event])
 
     async def ack(self, topic: str, partition: int, offsets: Iterable[int], log_end_offset: int) -> int:
         """Mark `offsets` done; return how many were not done before.

@@ -156,7 +156,7 @@ class GroupJournal:
         flush, together with the journal end offset. A state taken earlier
         misses the events that other tasks journaled during the flush, and a
         reopen would then skip them. The caller must keep other appends out
-        until this returns. Events the state holds that the journal stores
+        until this returns. Events the state contains that the journal stores
         next are counted in its `unwritten_events`; a reopen skips that many
         events after `journal_offset`. Snapshots run one at a time, because
         they share one temporary file.

@@ -534,17 +534,16 @@ class PartitionLog:
         """Return the offsets of a batch that failed its CRC, or None when its header cannot be trusted.
 
         The CRC covers the record count and the length, so either may be the
-        damaged field. The range counts only when the next batch, or the next
-        segment, starts where this header says the batch ends.
+        damaged field. The range counts only when the next segment, or an
+        intact next batch, starts where this header puts the batch's end.
         """
-        end = position + header.size
-        if end == segment.size:
+        if position + header.size == segment.size:
             following = next((s for s in self.segments if s.base_offset > segment.base_offset), None)
             confirmed = following is not None and following.base_offset == header.next_offset
         else:
             try:
-                confirmed = parse_header(segment.read(end, HEADER_SIZE), 0).base_offset == header.next_offset
-            except (CorruptRecordError, OSError):
+                confirmed = recovery.intact_batch_after(segment, position, header, segment.size) is not None
+            except OSError:
                 confirmed = False
         return range(header.base_offset, header.next_offset) if confirmed else None
 

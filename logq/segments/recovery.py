@@ -90,7 +90,7 @@ def scan_segment(segment: Segment) -> tuple[int, CorruptRecordError | None]:
                 try:
                     verify_batch(chunk, cursor, header)
                 except CorruptRecordError as damage:
-                    following = _intact_batch_after(segment, position + cursor, header, file_size)
+                    following = intact_batch_after(segment, position + cursor, header, file_size)
                     if following is None:
                         raise
                     # Its header's extent is confirmed, so the batches after it are kept and this one
@@ -116,12 +116,13 @@ def scan_segment(segment: Segment) -> tuple[int, CorruptRecordError | None]:
     return position, None
 
 
-def _intact_batch_after(segment: Segment, position: int, header: BatchHeader, file_size: int) -> BatchHeader | None:
+def intact_batch_after(segment: Segment, position: int, header: BatchHeader, file_size: int) -> BatchHeader | None:
     """Return the header of the batch right after the damaged one at `position`, when it confirms its extent.
 
-    The damaged batch's CRC covers its record count, and its length says where
-    the next batch starts, so both count only when a batch that passes its CRC
-    starts there with the offset after the damaged batch's last one.
+    The damaged batch's CRC covers its record count and its length, which puts
+    the next batch's start. Both count only when a batch that passes its CRC
+    starts there with the offset after the damaged batch's last one. Reads and
+    recovery share this check.
     """
     start = position + header.size
     if start + HEADER_SIZE > file_size:

@@ -496,7 +496,7 @@ async def test_consumer_continues_after_skipping_the_damage(tmp_path: Path) -> N
         await consumer.close()
         [info] = await log.describe_group("billing")
 
-    # Unlike a reset, skipping keeps the acks before the damage and forgets no delivery.
+    # Unlike a reset, skipping keeps the acks before the damage and every delivery.
     assert [m.offset for m in rest] == list(range(damaged + 1, 60))
     assert info.committed_offset == 60
 

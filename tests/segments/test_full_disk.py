@@ -419,8 +419,8 @@ async def stored_group_state(data: Path, scratch: Path) -> dict[int, str]:
         shutil.rmtree(copy)
 
 
-async def test_ack_on_full_journal_is_stored_by_the_retry(tmp_path: Path, fill_disk,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_full_journal_ack_retry_stored(tmp_path: Path, fill_disk,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
     async with logq.open(data) as log:
         await log.send_batch("t", [b"a", b"b", b"c"])
@@ -464,8 +464,8 @@ async def test_receive_on_full_journal_leases_nothing(tmp_path: Path, fill_disk)
         await consumer.close()
 
 
-async def test_close_on_full_journal_keeps_queued_events_in_the_snapshot(tmp_path: Path, fill_disk,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_full_journal_close_snapshot_keeps_events(tmp_path: Path, fill_disk,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
     log = await logq.open(data)
     await log.send_batch("t", [b"a", b"b", b"c"])
